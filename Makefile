@@ -1,0 +1,179 @@
+# Farmgate: the one entry point (make help).
+
+O ?= build
+V ?= 0
+SANITIZE ?= 0
+PY := /usr/bin/python3
+
+KCONFIG_CONFIG ?= $(O)/.config
+AUTOCONF := $(O)/include/generated/autoconf.h
+BUILDOPTS := $(O)/include/buildopts.h
+export KCONFIG_CONFIG
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+BOARD := $(shell sed -n 's/^CONFIG_BOARD="\(.*\)"/\1/p' $(KCONFIG_CONFIG) 2>/dev/null)
+BOARD := $(if $(BOARD),$(BOARD),host)
+
+CC := gcc
+OPT := -O2 -g
+ifeq ($(SANITIZE),1)
+OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+PCRE_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
+PCRE_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+CFLAGS := -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
+CPPFLAGS := -D_GNU_SOURCE -I$(O)/include -Ifirmware -DFG_VERSION='"$(VERSION)"' $(PCRE_CFLAGS)
+LDLIBS := $(PCRE_LIBS)
+
+FW_SRCS := $(sort $(wildcard firmware/*.c))
+FW_OBJS := $(FW_SRCS:%.c=$(O)/obj/%.o)
+LIB_OBJS := $(filter-out $(O)/obj/firmware/main.o,$(FW_OBJS))
+UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
+TOOL_SRCS := $(sort $(wildcard tests/tools/*.c))
+TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
+
+# Debian packages the build, the demo and the tests need.
+DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
+	nginx wrk curl clang-format cppcheck procps iproute2
+
+.DEFAULT_GOAL := all
+.PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
+	menuconfig olddefconfig savedefconfig defconfig config asan
+
+help:
+	@echo 'Farmgate make targets'
+	@echo '  make run              set up, build, start farmgated with a demo farm (Ctrl-C stops)'
+	@echo '  make test             set up, build, run every test (release + ASan/UBSan); ends "N passed, N failed"'
+	@echo '  make deps             install missing Debian packages (apt-get, non-interactive)'
+	@echo '  make / make all       build farmgated into $(O)/ (out of tree; O=dir to change)'
+	@echo '  make asan             build farmgated and unit tests with ASan+UBSan into $(O)/asan/'
+	@echo '  make unit             build the cmocka unit tests'
+	@echo '  make test-unit        run the unit tests only'
+	@echo '  make test-integration run the integration tests only (TESTS=pattern to filter)'
+	@echo '  make bench            farmgated vs nginx side by side; writes $(O)/bench/results.md'
+	@echo '  make lint             clang-format check and cppcheck'
+	@echo '  make format           reformat the C sources with clang-format'
+	@echo '  make menuconfig       edit the build configuration ($(KCONFIG_CONFIG))'
+	@echo '  make <board>_defconfig  start from board/<board>/defconfig (boards: $(notdir $(wildcard board/*)))'
+	@echo '  make olddefconfig     update the configuration, new options at their defaults'
+	@echo '  make savedefconfig    write the minimal defconfig back to board/<board>/defconfig'
+	@echo '  make clean / distclean  remove build outputs / and the configuration'
+	@echo 'Variables: O=builddir  V=1 (show commands)  SANITIZE=1'
+
+# ---- set-up -------------------------------------------------------------
+deps:
+	$(Q)missing=$$(for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+# ---- Kconfig ------------------------------------------------------------
+$(KCONFIG_CONFIG):
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(PY) -m defconfig --kconfig Kconfig board/host/defconfig >/dev/null
+
+$(AUTOCONF): $(KCONFIG_CONFIG) Kconfig
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(PY) -m olddefconfig Kconfig >/dev/null
+	$(Q)$(PY) -m genconfig Kconfig --header-path $@
+
+%_defconfig:
+	$(Q)b=board/$(subst _,-,$*); [ -f $$b/defconfig ] || b=board/$*; \
+	[ -f $$b/defconfig ] || { echo "no board $*: see board/"; exit 1; }; \
+	mkdir -p $(dir $(KCONFIG_CONFIG)); $(PY) -m defconfig --kconfig Kconfig $$b/defconfig
+
+config: $(AUTOCONF)
+
+# The build options as a C string, for farmgated -V.
+$(BUILDOPTS): $(AUTOCONF)
+	$(Q){ echo '/* generated from $(KCONFIG_CONFIG): the build options farmgated -V prints */'; \
+	  echo '#define FG_BUILD_OPTIONS \'; \
+	  sed -n 's/"/\\"/g; s/^\(CONFIG_[A-Za-z0-9_]*=.*\)$$/\t"\1\\n" \\/p' $(KCONFIG_CONFIG); \
+	  echo '\t""'; } > $@
+
+menuconfig: $(KCONFIG_CONFIG)
+	$(Q)$(PY) -m menuconfig Kconfig
+
+olddefconfig: $(KCONFIG_CONFIG)
+	$(Q)$(PY) -m olddefconfig Kconfig
+
+savedefconfig: $(KCONFIG_CONFIG)
+	$(Q)$(PY) -m savedefconfig --kconfig Kconfig --out board/$(BOARD)/defconfig
+	@echo "wrote board/$(BOARD)/defconfig"
+
+# ---- build --------------------------------------------------------------
+all: $(O)/farmgated
+
+$(O)/farmgated: $(FW_OBJS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
+
+$(O)/obj/%.o: %.c $(AUTOCONF) $(BUILDOPTS)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -include $(AUTOCONF) -c -o $@ $<
+
+unit: $(UNIT_BINS) $(TOOL_BINS)
+
+$(O)/tests/test_%: $(O)/obj/tests/unit/test_%.o $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(O)/tests/tools/%: $(O)/obj/tests/tools/%.o
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(OPT) -o $@ $^
+
+asan: $(AUTOCONF)
+	$(Q)$(MAKE) --no-print-directory O=$(O)/asan SANITIZE=1 KCONFIG_CONFIG=$(abspath $(KCONFIG_CONFIG)) all unit
+
+-include $(FW_OBJS:.o=.d) $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
+
+# ---- run and test -------------------------------------------------------
+run: deps all
+	$(Q)$(PY) tests/demo.py --build $(O)
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory all unit
+	$(Q)$(MAKE) --no-print-directory asan
+	$(Q)$(PY) tests/run.py --build $(O) --asan-build $(O)/asan
+
+test-unit: all unit
+	$(Q)$(PY) tests/run.py --build $(O) --only unit
+
+test-integration: all unit
+	$(Q)$(PY) tests/run.py --build $(O) --only integration $(if $(TESTS),--filter '$(TESTS)')
+
+bench: deps all
+	$(Q)$(PY) tests/bench.py --build $(O)
+
+# ---- hygiene ------------------------------------------------------------
+LINT_SRCS = $(wildcard firmware/*.c firmware/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c)
+
+lint: $(AUTOCONF)
+	$(Q)clang-format --dry-run --Werror $(LINT_SRCS)
+	$(Q)cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+		--inline-suppr --std=c11 -D_GNU_SOURCE -DFG_VERSION='"lint"' -Ifirmware \
+		--include=$(AUTOCONF) --suppress=missingIncludeSystem firmware tests/unit
+	@echo "lint: clean"
+
+format:
+	$(Q)clang-format -i $(LINT_SRCS)
+
+clean:
+	$(Q)rm -rf $(O)/obj $(O)/asan $(O)/tests $(O)/farmgated $(O)/bench
+
+distclean:
+	$(Q)rm -rf $(O)

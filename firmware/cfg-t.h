@@ -1,0 +1,156 @@
+/* Configuration model types: ARR's farms, servers and URL Rewrite rules. */
+#ifndef FG_CFG_T_H
+#define FG_CFG_T_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Load-balancing algorithms, named as ARR names them. */
+enum lb_algo {
+	LB_WEIGHTED_ROUND_ROBIN = 0,
+	LB_LEAST_REQUESTS = 1,
+	LB_LEAST_RESPONSE_TIME = 2,
+	LB_WEIGHTED_TOTAL_TRAFFIC = 3,
+	LB_REQUEST_HASH = 4,
+};
+
+/* URL Rewrite patternSyntax. */
+enum rule_syntax {
+	RULE_SYNTAX_ECMASCRIPT = 0, /* ARR's default */
+	RULE_SYNTAX_WILDCARD = 1,
+	RULE_SYNTAX_EXACT = 2,
+};
+
+enum rule_action_type {
+	RULE_ACT_NONE = 0,
+	RULE_ACT_REWRITE = 1,
+	RULE_ACT_REDIRECT = 2,
+	RULE_ACT_CUSTOM_RESPONSE = 3,
+	RULE_ACT_ABORT = 4,
+};
+
+/* A compiled pattern (match url or a condition). */
+struct rule_pattern {
+	enum rule_syntax syntax;
+	char *pattern;	 /* as written in the configuration */
+	int ignore_case; /* default 1 */
+	int negate;	 /* default 0 */
+	void *re;	 /* pcre2_code * (ECMAScript and Wildcard); NULL for ExactMatch */
+	void *md;	 /* pcre2_match_data * sized for re; owned */
+};
+
+struct rule_cond {
+	char *input; /* template, e.g. "{HTTP_HOST}" */
+	struct rule_pattern pat;
+};
+
+struct rule_action {
+	enum rule_action_type type;
+	char *url;		 /* Rewrite / Redirect target template */
+	int append_query_string; /* default 1 */
+	int redirect_status;	 /* 301 (Permanent, default), 302, 303, 307 */
+	int status_code;	 /* CustomResponse */
+	char *status_reason;	 /* CustomResponse */
+	char *status_description; /* CustomResponse body */
+};
+
+struct rule {
+	char *name;
+	int enabled;	    /* default 1 */
+	int stop_processing; /* default 0 */
+	struct rule_pattern match;
+	struct rule_cond *conds;
+	unsigned int nconds;
+	int match_any;		/* logicalGrouping MatchAny (default MatchAll) */
+	int track_all_captures; /* default 0 */
+	struct rule_action action;
+};
+
+struct server_rt; /* runtime state of a server, survives reloads (lb.h) */
+struct farm_rt;	  /* runtime state of a farm, survives reloads (lb.h) */
+
+struct server {
+	char *address;	    /* FQDN or IP, required */
+	uint16_t http_port; /* default 80 */
+	uint16_t https_port; /* default 443 */
+	int enabled;	    /* default 1 */
+	uint32_t weight;    /* default 100 */
+	char *host_name;    /* NULL when unset */
+	struct farm *farm;  /* back pointer */
+	unsigned int idx;   /* index in farm->servers */
+	struct sockaddr_storage addr; /* resolved address, port = http_port */
+	socklen_t addrlen;
+	uint64_t affinity_id; /* stable id written in the affinity cookie */
+	struct server_rt *rt; /* runtime state, attached by lb_attach() */
+};
+
+struct farm {
+	char *name; /* required, unique (case-insensitive, as ARR) */
+	int enabled; /* default 1 */
+	struct server *servers;
+	unsigned int nservers;
+	struct {
+		enum lb_algo algorithm;	       /* default WeightedRoundRobin */
+		char *hash_server_variable;    /* RequestHash; NULL = hash {URL} */
+		char **query_string_names;     /* RequestHash over these values */
+		unsigned int nquery_string_names;
+		uint32_t least_response_time_period_ms; /* default 5000 */
+	} lb;
+	struct {
+		int use_cookie;	   /* default 0 */
+		char *cookie_name; /* default "ARRAffinity" */
+		uint32_t timeout_s; /* default 1200 (00:20:00) */
+	} affinity;
+	struct {
+		uint32_t timeout_ms;	  /* default 30000 */
+		int keep_alive;		  /* default 1 */
+		int preserve_host_header; /* default 1 */
+		int reverse_rewrite_host; /* default 0 */
+		char *xff_name;		  /* default "X-Forwarded-For"; "" = not sent */
+		int xff_include_port;	  /* default 1 */
+		int arr_response_header;  /* default 1 */
+	} protocol;
+	struct farm_rt *rt; /* runtime state, attached by lb_attach() */
+};
+
+struct listener_cfg {
+	char *address; /* default "0.0.0.0" */
+	uint16_t port; /* required */
+};
+
+enum log_target {
+	LOG_TARGET_STDERR = 0,
+	LOG_TARGET_SYSLOG = 1,
+	LOG_TARGET_OFF = 2,
+};
+
+struct config {
+	int refcnt;
+	struct listener_cfg *listeners;
+	unsigned int nlisteners;
+	struct {
+		uint32_t max_request_line;  /* default 8192 -> 414 */
+		uint32_t max_header_size;   /* default 16384 (whole head) -> 431 */
+		uint32_t max_headers;	    /* default 100 -> 431 */
+		uint32_t max_connections;   /* default 10000 */
+		uint32_t max_response_header_size; /* default 65536 (ARR) */
+	} limits;
+	struct {
+		uint32_t connect_ms;	    /* default 5000 */
+		uint32_t request_header_ms; /* default 10000 (slowloris) */
+		uint32_t keep_alive_ms;	    /* default 60000 client idle */
+		uint32_t request_body_ms;   /* default 60000 between body reads */
+		uint32_t upstream_idle_ms;  /* default 30000 pooled conn idle */
+	} timeouts;
+	struct {
+		enum log_target access;
+		enum log_target error;
+		int debug; /* default 0 */
+	} log;
+	struct farm *farms;
+	unsigned int nfarms;
+	struct rule *rules;
+	unsigned int nrules;
+};
+
+#endif

@@ -1,0 +1,171 @@
+/* farmgated: the daemon's entry point: options, configuration, signals, the event loop. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "buildopts.h"
+#include "cfg.h"
+#include "ev.h"
+#include "log.h"
+#include "proxy.h"
+
+#define STOP_GRACE_MS 10000
+
+struct daemon {
+	struct ev_loop loop;
+	struct ev_fd sig;
+	struct ev_timer stop_timer;
+	const char *cfg_path;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: farmgated [-t] -c FILE\n"
+		   "       farmgated -V\n"
+		   "  -c FILE  configuration file (JSON, ARR attribute names)\n"
+		   "  -t       check the configuration and exit (0 = valid)\n"
+		   "  -V       print the version and the build options\n"
+		   "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT stop gracefully.\n");
+}
+
+static void reload(struct daemon *d)
+{
+	char err[1024];
+	struct config *cfg = cfg_load_file(d->cfg_path, err, sizeof(err));
+
+	if (!cfg) {
+		LOGE("reload failed: %s; keeping the running configuration", err);
+		return;
+	}
+	if (proxy_reload(cfg, err, sizeof(err)) == -1) {
+		LOGE("reload failed: %s; keeping the running configuration", err);
+		return;
+	}
+	LOGI("configuration reloaded");
+}
+
+static void stop_timer_cb(struct ev_loop *loop, struct ev_timer *t)
+{
+	(void)t;
+	LOGW("connections still open after %d s: closing them", STOP_GRACE_MS / 1000);
+	loop->stop = 1;
+}
+
+static void signal_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	struct daemon *d = (struct daemon *)((char *)w - offsetof(struct daemon, sig));
+	struct signalfd_siginfo si;
+
+	(void)events;
+	while (read(w->fd, &si, sizeof(si)) == sizeof(si)) {
+		switch (si.ssi_signo) {
+		case SIGHUP:
+			reload(d);
+			break;
+		case SIGTERM:
+		case SIGINT: {
+			unsigned int n = proxy_shutdown();
+
+			LOGI("stopping (signal %u): %u connection(s) finishing", si.ssi_signo, n);
+			if (n)
+				ev_timer_set(loop, &d->stop_timer, loop->now_ms + STOP_GRACE_MS);
+			break;
+		}
+		}
+	}
+}
+
+/* Lets one process hold as many connections as the hard limit allows. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d;
+	char err[1024];
+	struct config *cfg;
+	sigset_t set;
+	int opt, check = 0;
+
+	while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+		switch (opt) {
+		case 'c':
+			d.cfg_path = optarg;
+			break;
+		case 't':
+			check = 1;
+			break;
+		case 'V':
+			printf("farmgated %s\n%s", FG_VERSION, FG_BUILD_OPTIONS);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!d.cfg_path || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	cfg = cfg_load_file(d.cfg_path, err, sizeof(err));
+	if (!cfg) {
+		fprintf(stderr, "farmgated: %s\n", err);
+		return 1;
+	}
+	if (check) {
+		printf("%s: configuration OK\n", d.cfg_path);
+		cfg_put(cfg);
+		return 0;
+	}
+	log_configure(cfg->log.access, cfg->log.error, cfg->log.debug);
+	raise_nofile();
+	signal(SIGPIPE, SIG_IGN);
+
+	if (ev_init(&d.loop, CONFIG_MAX_EVENTS) == -1) {
+		LOGE("event loop: %s", strerror(errno));
+		cfg_put(cfg);
+		return 1;
+	}
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	d.sig.fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	d.sig.cb = signal_cb;
+	if (d.sig.fd == -1 || ev_fd_add(&d.loop, &d.sig, EPOLLIN) == -1) {
+		LOGE("signalfd: %s", strerror(errno));
+		cfg_put(cfg);
+		return 1;
+	}
+	ev_timer_init(&d.stop_timer, stop_timer_cb);
+
+	if (proxy_start(&d.loop, cfg, err, sizeof(err)) == -1) {
+		LOGE("%s", err);
+		return 1;
+	}
+	LOGI("farmgated %s started (pid %d)", FG_VERSION, (int)getpid());
+	ev_run(&d.loop);
+	proxy_free();
+	ev_timer_del(&d.loop, &d.stop_timer);
+	ev_fd_close(&d.loop, &d.sig);
+	ev_free(&d.loop);
+	LOGI("stopped");
+	return 0;
+}

@@ -1,0 +1,30 @@
+/* The data plane: listeners, client connections, upstream pools and proxying. */
+#ifndef FG_PROXY_H
+#define FG_PROXY_H
+
+#include <stddef.h>
+
+#include "cfg-t.h"
+#include "ev.h"
+
+/* Opens cfg's listeners and starts accepting on loop. Takes over the
+ * caller's reference to cfg. Returns 0, or -1 with err filled. */
+int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errlen);
+
+/* Swaps in a validated new generation (takes the caller's reference): opens
+ * new listeners first, so a failure leaves the running generation intact.
+ * Requests in flight finish on the generation they started with. Returns 0,
+ * or -1 with err filled (cfg is then released). */
+int proxy_reload(struct config *cfg, char *err, size_t errlen);
+
+/* Graceful stop: closes listeners and idle connections; requests in flight
+ * finish. Returns the number of client connections still open. */
+unsigned int proxy_shutdown(void);
+
+/* Closes everything and releases the current generation. */
+void proxy_free(void);
+
+/* The generation new requests use. */
+struct config *proxy_config(void);
+
+#endif
