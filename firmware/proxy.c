@@ -121,6 +121,7 @@ struct client {
 	/* copies kept after the head leaves the buffer */
 	char ip[INET6_ADDRSTRLEN];
 	char port[6];
+	char lport[6]; /* the listener's port ({SERVER_PORT}) */
 	char host[256];
 	char up_host[256];
 	char reqline[320];
@@ -892,7 +893,7 @@ static void handle_request(struct client *cl)
 	ctx->https = 0;
 	ctx->remote_addr = cl->ip;
 	ctx->remote_port = cl->port;
-	ctx->server_port = cl->lst->port;
+	ctx->server_port = cl->lport;
 	ctx->method = r->method_s;
 	ctx->method_len = r->method_len;
 	ctx->hdrs = r->hdrs;
@@ -1172,13 +1173,10 @@ static int process_response_head(struct client *cl)
 	r = http1_parse_response(buf_ptr(&up->in), buf_len(&up->in), &lim, cl->req.method, rs,
 				 px.resp_hdrs);
 	if (r == HTTP1_INCOMPLETE) {
-		if (!buf_tail_room(&up->in) || up->eof) {
-			if (buf_len(&up->in) >= up->in.size &&
-			    up->in.size < lim.max_head + 1) {
-				buf_ensure_free(&up->in, lim.max_head + 1 - buf_len(&up->in));
-				return 1;
-			}
-		}
+		/* a head larger than the I/O buffer: grow up to the limit once */
+		if (buf_len(&up->in) == up->in.size && up->in.size <= lim.max_head &&
+		    buf_ensure_free(&up->in, lim.max_head + 1 - buf_len(&up->in)) == 0)
+			return 1;
 		return 0;
 	}
 	if (r < 0) {
@@ -1265,6 +1263,9 @@ static void request_done(struct client *cl)
 	cl->reqline[0] = '\0';
 	cl->reason = NULL;
 	cl->bytes_out = 0;
+	cl->head_method = 0;
+	cl->minor = 1;
+	cl->req_done = 1;
 	cl->state = (cl->close_after || px.stopping) ? CL_CLOSING : CL_HEAD;
 	cl->t_idle_start = now;
 }
@@ -1273,9 +1274,16 @@ static void client_close(struct client *cl)
 {
 	if (cl->closed)
 		return;
-	cl->closed = 1;
 	if (cl->up)
 		upstream_close(cl->up);
+	if (cl->t_start) {
+		/* a request cut short: log it and settle the server's counters */
+		cl->aborted = 1;
+		if (!cl->reason)
+			cl->reason = "client connection lost";
+		request_done(cl);
+	}
+	cl->closed = 1;
 	if (cl->cfg) {
 		cfg_put(cl->cfg);
 		cl->cfg = NULL;
@@ -1709,7 +1717,8 @@ static void upstream_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t event
 		up->wr_ready = 1;
 	if (up->state == UP_IDLE || !cl) {
 		/* an idle backend connection closed or spoke unasked: drop it */
-		upstream_close(up);
+		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+			upstream_close(up);
 		return;
 	}
 	if (up->state == UP_CONNECTING) {
@@ -1809,6 +1818,7 @@ static void client_new(struct listener *lst, int fd, const struct sockaddr_stora
 	if (sockaddr_name((const struct sockaddr *)ss, cl->ip, sizeof(cl->ip), cl->port))
 		snprintf(cl->ip, sizeof(cl->ip), "unknown");
 	cl->lst = lst;
+	memcpy(cl->lport, lst->port, sizeof(cl->lport));
 	cl->ev.fd = fd;
 	cl->ev.cb = client_io_cb;
 	ev_timer_init(&cl->tmr, client_timer_cb);
