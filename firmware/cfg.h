@@ -8,7 +8,7 @@
 
 /* Loads, validates and compiles a configuration. Returns a new generation
  * with refcnt 1, or NULL with a message in err of the form
- * "$.webFarms[0].servers[1].weight: must be an integer from 0 to 10000".
+ * "$.webFarms[0].servers[1].weight: must be an integer from 0 to 100000".
  * Every default is ARR's; unknown fields are errors. Server addresses are
  * resolved here (getaddrinfo), never on the data path. */
 struct config *cfg_load_file(const char *path, char *err, size_t errlen);

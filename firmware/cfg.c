@@ -1,0 +1,1292 @@
+/* Configuration loader: JSON with ARR's names -> validated, immutable struct config. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "json.h"
+#include "lb.h"
+#include "rules.h"
+
+/* A configuration file larger than this is refused before parsing. */
+#define CFG_FILE_MAX (1024 * 1024)
+#define CFG_PATH_MAX 256
+
+#define MS_PER_S   1000ULL
+#define MS_PER_DAY (86400ULL * MS_PER_S)
+/* Millisecond timeouts end up in int-millisecond timer APIs: stay below 2^31. */
+#define DURATION_MS_MAX (24 * MS_PER_DAY)
+/* The affinity cookie's Max-Age may reasonably be longer. */
+#define DURATION_S_MAX (365 * MS_PER_DAY)
+
+/* Loader state for one cfg_load_buf call. path is the JSON path of the value
+ * being read ("$.webFarms[0].servers[1]"), grown and cut as the walk goes. */
+struct cfg_ctx {
+	struct config *cfg;
+	char *err;
+	size_t errlen;
+	char path[CFG_PATH_MAX];
+	size_t plen;
+};
+
+struct field;
+
+/* A setter stores the JSON value v into the struct at base (f->off is the
+ * field's offset in it). It returns 0, or -1 after writing the error. */
+typedef int (*field_set_fn)(struct cfg_ctx *c, const struct json_value *v, void *base,
+			    const struct field *f);
+
+#define FIELD_REQUIRED 0x1
+
+/* One accepted key of a JSON object: nginx-style directive table entry. */
+struct field {
+	const char *name;
+	field_set_fn set;
+	size_t off;
+	int64_t min; /* integers: bounds; durations: bounds in ms */
+	int64_t max;
+	const void *aux; /* enum_desc for set_enum, field table for set_object */
+	unsigned int flags;
+};
+
+struct enum_name {
+	const char *name;
+	int value;
+};
+
+struct enum_desc {
+	const char *what; /* noun for "unknown <what> "x"" */
+	const char *expected;
+	const struct enum_name *names; /* ends with a NULL name */
+};
+
+/* ---- error and path helpers ------------------------------------------ */
+
+/* Writes "<path>: <reason>" into the caller's buffer. Always returns -1. */
+__attribute__((format(printf, 2, 3))) static int cfg_fail(struct cfg_ctx *c, const char *fmt, ...)
+{
+	char reason[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	if (c->errlen > 0)
+		snprintf(c->err, c->errlen, "%s: %s", c->path, reason);
+	return -1;
+}
+
+/* Appends ".key" to the path (control characters shown as '?', since keys
+ * come from the file) and returns the previous length for path_pop. */
+static size_t path_key(struct cfg_ctx *c, const char *key)
+{
+	size_t old = c->plen, i;
+
+	if (c->plen < sizeof(c->path) - 1)
+		c->path[c->plen++] = '.';
+	for (i = 0; key[i] != '\0' && c->plen < sizeof(c->path) - 1; i++)
+		c->path[c->plen++] = (unsigned char)key[i] < 0x20 ? '?' : key[i];
+	c->path[c->plen] = '\0';
+	return old;
+}
+
+/* Appends "[i]" to the path; returns the previous length. */
+static size_t path_idx(struct cfg_ctx *c, size_t i)
+{
+	size_t old = c->plen;
+	int n = snprintf(c->path + c->plen, sizeof(c->path) - c->plen, "[%zu]", i);
+
+	if (n > 0)
+		c->plen += (size_t)n < sizeof(c->path) - c->plen ? (size_t)n
+								 : sizeof(c->path) - 1 - c->plen;
+	return old;
+}
+
+static void path_pop(struct cfg_ctx *c, size_t old)
+{
+	c->plen = old;
+	c->path[old] = '\0';
+}
+
+/* strdup that reports failure as a configuration error. */
+static char *cfg_strdup(struct cfg_ctx *c, const char *s)
+{
+	char *d = strdup(s);
+
+	if (d == NULL)
+		cfg_fail(c, "out of memory");
+	return d;
+}
+
+/* calloc of n elements that reports failure; n == 0 gives NULL and success. */
+static int cfg_calloc(struct cfg_ctx *c, void *out, size_t n, size_t size)
+{
+	void *p = NULL;
+
+	if (n > 0) {
+		p = calloc(n, size);
+		if (p == NULL)
+			return cfg_fail(c, "out of memory");
+	}
+	*(void **)out = p;
+	return 0;
+}
+
+/* ---- value checks ----------------------------------------------------- */
+
+static int is_tchar(unsigned char ch)
+{
+	/* RFC 9110 token characters */
+	return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+	       (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+static int is_token(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s; s++)
+		if (!is_tchar((unsigned char)*s))
+			return 0;
+	return 1;
+}
+
+/* A farm name is the host part of a rewrite URL ("http://<farm>/..."). */
+static int is_farm_name(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+		      (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '.' || ch == '_'))
+			return 0;
+	}
+	return 1;
+}
+
+/* Server variable names are upper-case words such as REMOTE_ADDR or HTTP_X_ID. */
+static int is_var_name(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+		      (ch >= 'A' && ch <= 'Z') || ch == '_'))
+			return 0;
+	}
+	return 1;
+}
+
+/* No spaces or control characters: the value goes into a header or status line. */
+static int is_visible(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s <= 0x20 || (unsigned char)*s == 0x7F)
+			return 0;
+	return 1;
+}
+
+static int has_ctl(const char *s)
+{
+	for (; *s; s++)
+		if (((unsigned char)*s < 0x20 && *s != '\t') || (unsigned char)*s == 0x7F)
+			return 1;
+	return 0;
+}
+
+/* Formats ms as an ARR TimeSpan ("d.hh:mm:ss.fff", parts omitted when zero). */
+static void fmt_timespan(char *buf, size_t len, uint64_t ms)
+{
+	uint64_t d = ms / MS_PER_DAY, rest = ms % MS_PER_DAY;
+	unsigned int h = rest / 3600000, m = rest / 60000 % 60, s = rest / 1000 % 60;
+	unsigned int f = rest % 1000;
+	int n = 0;
+
+	if (d > 0)
+		n = snprintf(buf, len, "%" PRIu64 ".", d);
+	if (n < 0 || (size_t)n >= len)
+		return;
+	if (f > 0)
+		snprintf(buf + n, len - n, "%02u:%02u:%02u.%03u", h, m, s, f);
+	else
+		snprintf(buf + n, len - n, "%02u:%02u:%02u", h, m, s);
+}
+
+/* ---- generic setters (see field_set_fn) ------------------------------ */
+
+static int set_bool(struct cfg_ctx *c, const struct json_value *v, void *base,
+		    const struct field *f)
+{
+	if (v->type != JSON_TRUE && v->type != JSON_FALSE)
+		return cfg_fail(c, "must be a boolean");
+	*(int *)((char *)base + f->off) = v->type == JSON_TRUE;
+	return 0;
+}
+
+/* Integer within [f->min, f->max]; stored as the caller's width by set_*. */
+static int get_int(struct cfg_ctx *c, const struct json_value *v, const struct field *f,
+		   int64_t *out)
+{
+	if (v->type != JSON_NUMBER || !v->u.num.is_int || v->u.num.i < f->min ||
+	    v->u.num.i > f->max)
+		return cfg_fail(c, "must be an integer from %" PRId64 " to %" PRId64, f->min,
+				f->max);
+	*out = v->u.num.i;
+	return 0;
+}
+
+static int set_u32(struct cfg_ctx *c, const struct json_value *v, void *base, const struct field *f)
+{
+	int64_t i = 0;
+
+	if (get_int(c, v, f, &i) < 0)
+		return -1;
+	*(uint32_t *)((char *)base + f->off) = (uint32_t)i;
+	return 0;
+}
+
+static int set_u16(struct cfg_ctx *c, const struct json_value *v, void *base, const struct field *f)
+{
+	int64_t i = 0;
+
+	if (get_int(c, v, f, &i) < 0)
+		return -1;
+	*(uint16_t *)((char *)base + f->off) = (uint16_t)i;
+	return 0;
+}
+
+static int set_int(struct cfg_ctx *c, const struct json_value *v, void *base, const struct field *f)
+{
+	int64_t i = 0;
+
+	if (get_int(c, v, f, &i) < 0)
+		return -1;
+	*(int *)((char *)base + f->off) = (int)i;
+	return 0;
+}
+
+/* Duration (TimeSpan string or integer seconds) in ms, within [min, max] ms. */
+static int get_duration(struct cfg_ctx *c, const struct json_value *v, const struct field *f,
+			uint64_t *ms)
+{
+	char lo[32], hi[32];
+
+	if (v->type == JSON_NUMBER && v->u.num.is_int && v->u.num.i >= 0 &&
+	    (uint64_t)v->u.num.i <= UINT64_MAX / MS_PER_S / 2) {
+		*ms = (uint64_t)v->u.num.i * MS_PER_S;
+	} else if (v->type != JSON_STRING || cfg_parse_timespan(v->u.str.s, v->u.str.len, ms) < 0) {
+		return cfg_fail(c, "must be a duration: \"hh:mm:ss\", \"d.hh:mm:ss\" (optional "
+				   "\".fff\") or an integer number of seconds");
+	}
+	if (*ms < (uint64_t)f->min || *ms > (uint64_t)f->max) {
+		fmt_timespan(lo, sizeof(lo), (uint64_t)f->min);
+		fmt_timespan(hi, sizeof(hi), (uint64_t)f->max);
+		return cfg_fail(c, "must be a duration from %s to %s", lo, hi);
+	}
+	return 0;
+}
+
+static int set_ms(struct cfg_ctx *c, const struct json_value *v, void *base, const struct field *f)
+{
+	uint64_t ms;
+
+	if (get_duration(c, v, f, &ms) < 0)
+		return -1;
+	*(uint32_t *)((char *)base + f->off) = (uint32_t)ms;
+	return 0;
+}
+
+/* Stored in whole seconds (fractions dropped). */
+static int set_secs(struct cfg_ctx *c, const struct json_value *v, void *base,
+		    const struct field *f)
+{
+	uint64_t ms;
+
+	if (get_duration(c, v, f, &ms) < 0)
+		return -1;
+	*(uint32_t *)((char *)base + f->off) = (uint32_t)(ms / MS_PER_S);
+	return 0;
+}
+
+/* Any string; replaces (and frees) a default already in place. */
+static int set_str(struct cfg_ctx *c, const struct json_value *v, void *base, const struct field *f)
+{
+	char **dst = (char **)((char *)base + f->off);
+	char *s;
+
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	s = cfg_strdup(c, v->u.str.s);
+	if (s == NULL)
+		return -1;
+	free(*dst);
+	*dst = s;
+	return 0;
+}
+
+static int set_nonempty_str(struct cfg_ctx *c, const struct json_value *v, void *base,
+			    const struct field *f)
+{
+	if (v->type == JSON_STRING && v->u.str.len == 0)
+		return cfg_fail(c, "must not be empty");
+	return set_str(c, v, base, f);
+}
+
+/* HTTP token (cookie and header names). */
+static int set_token(struct cfg_ctx *c, const struct json_value *v, void *base,
+		     const struct field *f)
+{
+	if (v->type == JSON_STRING && !is_token(v->u.str.s))
+		return cfg_fail(c, "must be a non-empty HTTP token (letters, digits, "
+				   "!#$%%&'*+-.^_`|~)");
+	return set_str(c, v, base, f);
+}
+
+/* HTTP token, or "" meaning "feature off" (xForwardedForHeaderName). */
+static int set_token_or_empty(struct cfg_ctx *c, const struct json_value *v, void *base,
+			      const struct field *f)
+{
+	if (v->type == JSON_STRING && v->u.str.len == 0)
+		return set_str(c, v, base, f);
+	return set_token(c, v, base, f);
+}
+
+static int set_farm_name(struct cfg_ctx *c, const struct json_value *v, void *base,
+			 const struct field *f)
+{
+	if (v->type == JSON_STRING && !is_farm_name(v->u.str.s))
+		return cfg_fail(c, "must be a non-empty name of letters, digits, '-', '.' and "
+				   "'_' (it is the host of rewrite URLs)");
+	return set_str(c, v, base, f);
+}
+
+static int set_var_name(struct cfg_ctx *c, const struct json_value *v, void *base,
+			const struct field *f)
+{
+	if (v->type == JSON_STRING && !is_var_name(v->u.str.s))
+		return cfg_fail(c, "must be a server variable name such as REMOTE_ADDR");
+	return set_str(c, v, base, f);
+}
+
+static int set_host_name(struct cfg_ctx *c, const struct json_value *v, void *base,
+			 const struct field *f)
+{
+	if (v->type == JSON_STRING && (v->u.str.len == 0 || !is_visible(v->u.str.s)))
+		return cfg_fail(c, "must be a non-empty host name without spaces or control "
+				   "characters");
+	return set_str(c, v, base, f);
+}
+
+/* Text that goes into a status line: no control characters. */
+static int set_reason(struct cfg_ctx *c, const struct json_value *v, void *base,
+		      const struct field *f)
+{
+	if (v->type == JSON_STRING && has_ctl(v->u.str.s))
+		return cfg_fail(c, "must not contain control characters");
+	return set_str(c, v, base, f);
+}
+
+/* One of the names in f->aux (ASCII case-insensitive, as IIS reads enums). */
+static int set_enum(struct cfg_ctx *c, const struct json_value *v, void *base,
+		    const struct field *f)
+{
+	const struct enum_desc *d = f->aux;
+	const struct enum_name *e;
+
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	for (e = d->names; e->name != NULL; e++) {
+		if (strcasecmp(e->name, v->u.str.s) == 0) {
+			*(int *)((char *)base + f->off) = e->value;
+			return 0;
+		}
+	}
+	/* the value is echoed only when it cannot garble the log line */
+	if (has_ctl(v->u.str.s))
+		return cfg_fail(c, "unknown %s (expected %s)", d->what, d->expected);
+	return cfg_fail(c, "unknown %s \"%.64s\" (expected %s)", d->what, v->u.str.s, d->expected);
+}
+
+static int parse_fields(struct cfg_ctx *c, const struct json_value *v, const struct field *tbl,
+			void *base);
+
+/* A nested JSON object whose fields (f->aux) live in the same struct as the
+ * parent's: field offsets are relative to base. */
+static int set_object(struct cfg_ctx *c, const struct json_value *v, void *base,
+		      const struct field *f)
+{
+	return parse_fields(c, v, f->aux, base);
+}
+
+/* Walks the members of object v in document order, dispatching each to its
+ * table entry (tbl ends with a NULL name); unknown keys and missing
+ * FIELD_REQUIRED keys are errors. base is the struct the offsets refer to. */
+static int parse_fields(struct cfg_ctx *c, const struct json_value *v, const struct field *tbl,
+			void *base)
+{
+	uint64_t seen = 0;
+	size_t i, k, old;
+
+	if (v->type != JSON_OBJECT)
+		return cfg_fail(c, "must be an object");
+	for (i = 0; i < v->u.obj.n; i++) {
+		const struct json_member *m = &v->u.obj.members[i];
+
+		old = path_key(c, m->key);
+		for (k = 0; tbl[k].name != NULL; k++)
+			if (strcmp(tbl[k].name, m->key) == 0)
+				break;
+		if (tbl[k].name == NULL)
+			return cfg_fail(c, "unknown field");
+		if (tbl[k].set(c, m->value, base, &tbl[k]) < 0)
+			return -1;
+		seen |= 1ULL << k;
+		path_pop(c, old);
+	}
+	for (k = 0; tbl[k].name != NULL; k++) {
+		if ((tbl[k].flags & FIELD_REQUIRED) && !(seen & (1ULL << k))) {
+			path_key(c, tbl[k].name);
+			return cfg_fail(c, "is required");
+		}
+	}
+	return 0;
+}
+
+/* ---- enums ------------------------------------------------------------- */
+
+static const struct enum_desc algo_desc = {
+	"algorithm",
+	"WeightedRoundRobin, LeastRequests, LeastResponseTime, WeightedTotalTraffic or "
+	"RequestHash",
+	(const struct enum_name[]){
+		{"WeightedRoundRobin", LB_WEIGHTED_ROUND_ROBIN},
+		{"LeastRequests", LB_LEAST_REQUESTS},
+		{"LeastResponseTime", LB_LEAST_RESPONSE_TIME},
+		{"WeightedTotalTraffic", LB_WEIGHTED_TOTAL_TRAFFIC},
+		{"RequestHash", LB_REQUEST_HASH},
+		{NULL, 0},
+	},
+};
+
+static const struct enum_desc log_desc = {
+	"log target",
+	"stderr, syslog or off",
+	(const struct enum_name[]){
+		{"stderr", LOG_TARGET_STDERR},
+		{"syslog", LOG_TARGET_SYSLOG},
+		{"off", LOG_TARGET_OFF},
+		{NULL, 0},
+	},
+};
+
+static const struct enum_desc syntax_desc = {
+	"patternSyntax",
+	"ECMAScript, Wildcard or ExactMatch",
+	(const struct enum_name[]){
+		{"ECMAScript", RULE_SYNTAX_ECMASCRIPT},
+		{"Wildcard", RULE_SYNTAX_WILDCARD},
+		{"ExactMatch", RULE_SYNTAX_EXACT},
+		{NULL, 0},
+	},
+};
+
+static const struct enum_desc grouping_desc = {
+	"logicalGrouping",
+	"MatchAll or MatchAny",
+	(const struct enum_name[]){
+		{"MatchAll", 0},
+		{"MatchAny", 1},
+		{NULL, 0},
+	},
+};
+
+static const struct enum_desc action_desc = {
+	"action type",
+	"None, Rewrite, Redirect, CustomResponse or AbortRequest",
+	(const struct enum_name[]){
+		{"None", RULE_ACT_NONE},
+		{"Rewrite", RULE_ACT_REWRITE},
+		{"Redirect", RULE_ACT_REDIRECT},
+		{"CustomResponse", RULE_ACT_CUSTOM_RESPONSE},
+		{"AbortRequest", RULE_ACT_ABORT},
+		{NULL, 0},
+	},
+};
+
+static const struct enum_desc redirect_desc = {
+	"redirectType",
+	"Permanent, Found, SeeOther or Temporary",
+	(const struct enum_name[]){
+		{"Permanent", 301},
+		{"Found", 302},
+		{"SeeOther", 303},
+		{"Temporary", 307},
+		{NULL, 0},
+	},
+};
+
+/* ---- listeners -------------------------------------------------------- */
+
+/* Listener address: a numeric IPv4 or IPv6 literal (no name lookups). */
+static int set_listen_addr(struct cfg_ctx *c, const struct json_value *v, void *base,
+			   const struct field *f)
+{
+	unsigned char bin[sizeof(struct in6_addr)];
+
+	if (v->type == JSON_STRING && inet_pton(AF_INET, v->u.str.s, bin) != 1 &&
+	    inet_pton(AF_INET6, v->u.str.s, bin) != 1)
+		return cfg_fail(c, "must be a numeric IPv4 or IPv6 address");
+	return set_str(c, v, base, f);
+}
+
+static const struct field listener_fields[] = {
+	{"address", set_listen_addr, offsetof(struct listener_cfg, address)},
+	{"port", set_u16, offsetof(struct listener_cfg, port), 1, 65535, NULL, FIELD_REQUIRED},
+	{NULL},
+};
+
+/* Binary form of a listener address, so "::1" and "0::1" compare equal. */
+static void listen_key(const struct listener_cfg *l, unsigned char key[17])
+{
+	memset(key, 0, 17);
+	if (inet_pton(AF_INET, l->address, key + 1) == 1)
+		key[0] = 4;
+	else if (inet_pton(AF_INET6, l->address, key + 1) == 1)
+		key[0] = 6;
+}
+
+/* "listeners": the array of listen sockets (base is the config). */
+static int set_listeners(struct cfg_ctx *c, const struct json_value *v, void *base,
+			 const struct field *f)
+{
+	struct config *cfg = base;
+	size_t i, j, old;
+	unsigned char ki[17], kj[17];
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (v->u.arr.n == 0)
+		return cfg_fail(c, "at least one listener is required");
+	if (cfg_calloc(c, &cfg->listeners, v->u.arr.n, sizeof(*cfg->listeners)) < 0)
+		return -1;
+	cfg->nlisteners = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		struct listener_cfg *l = &cfg->listeners[i];
+
+		old = path_idx(c, i);
+		if (parse_fields(c, v->u.arr.items[i], listener_fields, l) < 0)
+			return -1;
+		if (l->address == NULL) {
+			l->address = cfg_strdup(c, "0.0.0.0");
+			if (l->address == NULL)
+				return -1;
+		}
+		listen_key(l, ki);
+		for (j = 0; j < i; j++) {
+			listen_key(&cfg->listeners[j], kj);
+			if (memcmp(ki, kj, sizeof(ki)) == 0 && cfg->listeners[j].port == l->port)
+				return cfg_fail(c,
+						"duplicate listener %s port %u (same as "
+						"listeners[%zu])",
+						l->address, l->port, j);
+		}
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+/* ---- farms and servers ------------------------------------------------ */
+
+static const struct field server_fields[] = {
+	{"address", set_nonempty_str, offsetof(struct server, address), 0, 0, NULL, FIELD_REQUIRED},
+	{"httpPort", set_u16, offsetof(struct server, http_port), 1, 65535},
+	{"httpsPort", set_u16, offsetof(struct server, https_port), 1, 65535},
+	{"enabled", set_bool, offsetof(struct server, enabled)},
+	{"weight", set_u32, offsetof(struct server, weight), 0, 100000},
+	{"hostName", set_host_name, offsetof(struct server, host_name)},
+	{NULL},
+};
+
+/* "servers" of a farm (base is the farm). Resolution and the affinity id wait
+ * for the whole farm, whose name may come after its servers. */
+static int set_servers(struct cfg_ctx *c, const struct json_value *v, void *base,
+		       const struct field *f)
+{
+	struct farm *farm = base;
+	size_t i, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (cfg_calloc(c, &farm->servers, v->u.arr.n, sizeof(*farm->servers)) < 0)
+		return -1;
+	farm->nservers = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		struct server *s = &farm->servers[i];
+
+		s->http_port = 80;
+		s->https_port = 443;
+		s->enabled = 1;
+		s->weight = 100;
+		old = path_idx(c, i);
+		if (parse_fields(c, v->u.arr.items[i], server_fields, s) < 0)
+			return -1;
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+/* "queryStringNames": array of non-empty strings (base is the farm). */
+static int set_qs_names(struct cfg_ctx *c, const struct json_value *v, void *base,
+			const struct field *f)
+{
+	struct farm *farm = base;
+	size_t i, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array of strings");
+	if (cfg_calloc(c, &farm->lb.query_string_names, v->u.arr.n, sizeof(char *)) < 0)
+		return -1;
+	farm->lb.nquery_string_names = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		const struct json_value *item = v->u.arr.items[i];
+
+		old = path_idx(c, i);
+		if (item->type != JSON_STRING)
+			return cfg_fail(c, "must be a string");
+		if (item->u.str.len == 0)
+			return cfg_fail(c, "must not be empty");
+		farm->lb.query_string_names[i] = cfg_strdup(c, item->u.str.s);
+		if (farm->lb.query_string_names[i] == NULL)
+			return -1;
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+static const struct field lb_fields[] = {
+	{"algorithm", set_enum, offsetof(struct farm, lb.algorithm), 0, 0, &algo_desc},
+	{"hashServerVariable", set_var_name, offsetof(struct farm, lb.hash_server_variable)},
+	{"queryStringNames", set_qs_names, 0},
+	{"leastResponseTimePeriod", set_ms, offsetof(struct farm, lb.least_response_time_period_ms),
+	 1, DURATION_MS_MAX},
+	{NULL},
+};
+
+static const struct field affinity_fields[] = {
+	{"useCookie", set_bool, offsetof(struct farm, affinity.use_cookie)},
+	{"cookieName", set_token, offsetof(struct farm, affinity.cookie_name)},
+	{"timeout", set_secs, offsetof(struct farm, affinity.timeout_s), MS_PER_S, DURATION_S_MAX},
+	{NULL},
+};
+
+static const struct field protocol_fields[] = {
+	{"timeout", set_ms, offsetof(struct farm, protocol.timeout_ms), 1, DURATION_MS_MAX},
+	{"keepAlive", set_bool, offsetof(struct farm, protocol.keep_alive)},
+	{"preserveHostHeader", set_bool, offsetof(struct farm, protocol.preserve_host_header)},
+	{"reverseRewriteHostInResponseHeaders", set_bool,
+	 offsetof(struct farm, protocol.reverse_rewrite_host)},
+	{"xForwardedForHeaderName", set_token_or_empty, offsetof(struct farm, protocol.xff_name)},
+	{"includePortInXForwardedFor", set_bool, offsetof(struct farm, protocol.xff_include_port)},
+	{"arrResponseHeader", set_bool, offsetof(struct farm, protocol.arr_response_header)},
+	{NULL},
+};
+
+static const struct field farm_fields[] = {
+	{"name", set_farm_name, offsetof(struct farm, name), 0, 0, NULL, FIELD_REQUIRED},
+	{"enabled", set_bool, offsetof(struct farm, enabled)},
+	{"servers", set_servers, 0},
+	{"loadBalancing", set_object, 0, 0, 0, lb_fields},
+	{"affinity", set_object, 0, 0, 0, affinity_fields},
+	{"protocol", set_object, 0, 0, 0, protocol_fields},
+	{NULL},
+};
+
+/* Fills the server's derived fields and resolves its address (the only
+ * place names are looked up: never on the data path). Path is the server's. */
+static int server_finish(struct cfg_ctx *c, struct farm *farm, unsigned int idx)
+{
+	struct server *s = &farm->servers[idx];
+	struct addrinfo hints, *res = NULL;
+	char port[8];
+	size_t old;
+	unsigned int j;
+	int rc;
+
+	s->farm = farm;
+	s->idx = idx;
+	s->affinity_id = lb_affinity_id(farm->name, s->address, s->http_port);
+	old = path_key(c, "address");
+	for (j = 0; j < idx; j++)
+		if (strcasecmp(farm->servers[j].address, s->address) == 0 &&
+		    farm->servers[j].http_port == s->http_port)
+			return cfg_fail(c,
+					"duplicate server %.128s port %u in farm \"%s\" (same as "
+					"servers[%u])",
+					s->address, s->http_port, farm->name, j);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	snprintf(port, sizeof(port), "%u", s->http_port);
+	rc = getaddrinfo(s->address, port, &hints, &res);
+	if (rc != 0)
+		return cfg_fail(c, "cannot resolve \"%.128s\": %s", s->address,
+				rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+	if (res == NULL || res->ai_addrlen > sizeof(s->addr)) {
+		freeaddrinfo(res);
+		return cfg_fail(c, "cannot resolve \"%.128s\": no usable address", s->address);
+	}
+	memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+	s->addrlen = res->ai_addrlen;
+	freeaddrinfo(res);
+	path_pop(c, old);
+	return 0;
+}
+
+/* "webFarms" (base is the config). */
+static int set_farms(struct cfg_ctx *c, const struct json_value *v, void *base,
+		     const struct field *f)
+{
+	struct config *cfg = base;
+	size_t i, j, old, old2;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (cfg_calloc(c, &cfg->farms, v->u.arr.n, sizeof(*cfg->farms)) < 0)
+		return -1;
+	cfg->nfarms = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		struct farm *farm = &cfg->farms[i];
+
+		farm->enabled = 1;
+		farm->lb.algorithm = LB_WEIGHTED_ROUND_ROBIN;
+		farm->lb.least_response_time_period_ms = 5000;
+		farm->affinity.timeout_s = 1200;
+		farm->protocol.timeout_ms = 30000;
+		farm->protocol.keep_alive = 1;
+		farm->protocol.preserve_host_header = 1;
+		farm->protocol.xff_include_port = 1;
+		farm->protocol.arr_response_header = 1;
+		old = path_idx(c, i);
+		farm->affinity.cookie_name = cfg_strdup(c, "ARRAffinity");
+		farm->protocol.xff_name = cfg_strdup(c, "X-Forwarded-For");
+		if (farm->affinity.cookie_name == NULL || farm->protocol.xff_name == NULL)
+			return -1;
+		if (parse_fields(c, v->u.arr.items[i], farm_fields, farm) < 0)
+			return -1;
+		for (j = 0; j < i; j++) {
+			if (strcasecmp(cfg->farms[j].name, farm->name) == 0) {
+				path_key(c, "name");
+				return cfg_fail(c, "duplicate farm name \"%s\"", farm->name);
+			}
+		}
+		for (j = 0; j < farm->nservers; j++) {
+			old2 = path_key(c, "servers");
+			path_idx(c, j);
+			if (server_finish(c, farm, j) < 0)
+				return -1;
+			path_pop(c, old2);
+		}
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+/* ---- rules ------------------------------------------------------------ */
+
+/* "matchType": URL Rewrite also has IsFile / IsDirectory, meaningless on a proxy. */
+static int set_match_type(struct cfg_ctx *c, const struct json_value *v, void *base,
+			  const struct field *f)
+{
+	(void)base;
+	(void)f;
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	if (strcasecmp(v->u.str.s, "Pattern") != 0)
+		return cfg_fail(c, "only Pattern is supported");
+	return 0;
+}
+
+static const struct field cond_fields[] = {
+	{"input", set_nonempty_str, offsetof(struct rule_cond, input), 0, 0, NULL, FIELD_REQUIRED},
+	{"pattern", set_str, offsetof(struct rule_cond, pat.pattern), 0, 0, NULL, FIELD_REQUIRED},
+	{"ignoreCase", set_bool, offsetof(struct rule_cond, pat.ignore_case)},
+	{"negate", set_bool, offsetof(struct rule_cond, pat.negate)},
+	{"matchType", set_match_type, 0},
+	{NULL},
+};
+
+/* The conditions array (either form's list; base is the rule). */
+static int set_cond_list(struct cfg_ctx *c, const struct json_value *v, void *base,
+			 const struct field *f)
+{
+	struct rule *r = base;
+	size_t i, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (cfg_calloc(c, &r->conds, v->u.arr.n, sizeof(*r->conds)) < 0)
+		return -1;
+	r->nconds = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		r->conds[i].pat.ignore_case = 1;
+		old = path_idx(c, i);
+		if (parse_fields(c, v->u.arr.items[i], cond_fields, &r->conds[i]) < 0)
+			return -1;
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+static const struct field conds_obj_fields[] = {
+	{"logicalGrouping", set_enum, offsetof(struct rule, match_any), 0, 0, &grouping_desc},
+	{"trackAllCaptures", set_bool, offsetof(struct rule, track_all_captures)},
+	{"add", set_cond_list, 0},
+	{NULL},
+};
+
+/* "conditions": {logicalGrouping, trackAllCaptures, add: [...]} or, as a
+ * shorthand, the bare list (MatchAll). */
+static int set_conditions(struct cfg_ctx *c, const struct json_value *v, void *base,
+			  const struct field *f)
+{
+	if (v->type == JSON_ARRAY)
+		return set_cond_list(c, v, base, f);
+	if (v->type != JSON_OBJECT)
+		return cfg_fail(c, "must be an object or an array");
+	return parse_fields(c, v, conds_obj_fields, base);
+}
+
+static const struct field match_fields[] = {
+	{"url", set_str, offsetof(struct rule, match.pattern), 0, 0, NULL, FIELD_REQUIRED},
+	{"ignoreCase", set_bool, offsetof(struct rule, match.ignore_case)},
+	{"negate", set_bool, offsetof(struct rule, match.negate)},
+	{NULL},
+};
+
+static const struct field action_fields[] = {
+	{"type", set_enum, offsetof(struct rule, action.type), 0, 0, &action_desc},
+	{"url", set_str, offsetof(struct rule, action.url)},
+	{"appendQueryString", set_bool, offsetof(struct rule, action.append_query_string)},
+	{"redirectType", set_enum, offsetof(struct rule, action.redirect_status), 0, 0,
+	 &redirect_desc},
+	{"statusCode", set_int, offsetof(struct rule, action.status_code), 200, 999},
+	{"statusReason", set_reason, offsetof(struct rule, action.status_reason)},
+	{"statusDescription", set_str, offsetof(struct rule, action.status_description)},
+	{NULL},
+};
+
+/* Checks what an action type needs. Path is the rule's. */
+static int action_finish(struct cfg_ctx *c, struct rule *r)
+{
+	const struct rule_action *a = &r->action;
+	const char *tname = a->type == RULE_ACT_REWRITE ? "Rewrite" : "Redirect";
+
+	switch (a->type) {
+	case RULE_ACT_REWRITE:
+	case RULE_ACT_REDIRECT:
+		path_key(c, "action");
+		path_key(c, "url");
+		if (a->url == NULL)
+			return cfg_fail(c, "is required for a %s action", tname);
+		if (a->url[0] == '\0')
+			return cfg_fail(c, "must not be empty for a %s action", tname);
+		break;
+	case RULE_ACT_CUSTOM_RESPONSE:
+		if (a->status_code == 0) {
+			path_key(c, "action");
+			path_key(c, "statusCode");
+			return cfg_fail(c, "is required for a CustomResponse action");
+		}
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static const struct field rule_fields[] = {
+	{"name", set_nonempty_str, offsetof(struct rule, name), 0, 0, NULL, FIELD_REQUIRED},
+	{"enabled", set_bool, offsetof(struct rule, enabled)},
+	/* parsed into match.syntax, copied to the conditions afterwards */
+	{"patternSyntax", set_enum, offsetof(struct rule, match.syntax), 0, 0, &syntax_desc},
+	{"stopProcessing", set_bool, offsetof(struct rule, stop_processing)},
+	{"match", set_object, 0, 0, 0, match_fields, FIELD_REQUIRED},
+	{"conditions", set_conditions, 0},
+	{"action", set_object, 0, 0, 0, action_fields},
+	{NULL},
+};
+
+/* "rules" (base is the config). Compiled later, once every farm is known. */
+static int set_rules(struct cfg_ctx *c, const struct json_value *v, void *base,
+		     const struct field *f)
+{
+	struct config *cfg = base;
+	size_t i, j, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (cfg_calloc(c, &cfg->rules, v->u.arr.n, sizeof(*cfg->rules)) < 0)
+		return -1;
+	cfg->nrules = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		struct rule *r = &cfg->rules[i];
+
+		r->enabled = 1;
+		r->match.syntax = RULE_SYNTAX_ECMASCRIPT;
+		r->match.ignore_case = 1;
+		r->action.type = RULE_ACT_NONE;
+		r->action.append_query_string = 1;
+		r->action.redirect_status = 301;
+		old = path_idx(c, i);
+		if (parse_fields(c, v->u.arr.items[i], rule_fields, r) < 0)
+			return -1;
+		for (j = 0; j < r->nconds; j++)
+			r->conds[j].pat.syntax = r->match.syntax;
+		for (j = 0; j < i; j++) {
+			if (strcmp(cfg->rules[j].name, r->name) == 0) {
+				path_key(c, "name");
+				return cfg_fail(c, "duplicate rule name \"%s\"", r->name);
+			}
+		}
+		if (action_finish(c, r) < 0)
+			return -1;
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+/* ---- top level -------------------------------------------------------- */
+
+static const struct field limits_fields[] = {
+	{"maxRequestLineLength", set_u32, offsetof(struct config, limits.max_request_line), 256,
+	 65536},
+	{"maxRequestHeadersSize", set_u32, offsetof(struct config, limits.max_header_size), 1024,
+	 1048576},
+	{"maxRequestHeaders", set_u32, offsetof(struct config, limits.max_headers), 1, 1000},
+	{"maxConnections", set_u32, offsetof(struct config, limits.max_connections), 1, 1000000},
+	{"maxResponseHeaderSize", set_u32, offsetof(struct config, limits.max_response_header_size),
+	 1024, 1048576},
+	{NULL},
+};
+
+static const struct field timeouts_fields[] = {
+	{"connect", set_ms, offsetof(struct config, timeouts.connect_ms), 1, DURATION_MS_MAX},
+	{"requestHeader", set_ms, offsetof(struct config, timeouts.request_header_ms), 1,
+	 DURATION_MS_MAX},
+	{"keepAlive", set_ms, offsetof(struct config, timeouts.keep_alive_ms), 1, DURATION_MS_MAX},
+	{"requestBody", set_ms, offsetof(struct config, timeouts.request_body_ms), 1,
+	 DURATION_MS_MAX},
+	{"upstreamIdle", set_ms, offsetof(struct config, timeouts.upstream_idle_ms), 1,
+	 DURATION_MS_MAX},
+	{NULL},
+};
+
+static const struct field log_fields[] = {
+	{"access", set_enum, offsetof(struct config, log.access), 0, 0, &log_desc},
+	{"error", set_enum, offsetof(struct config, log.error), 0, 0, &log_desc},
+	{"debug", set_bool, offsetof(struct config, log.debug)},
+	{NULL},
+};
+
+static const struct field top_fields[] = {
+	{"listeners", set_listeners, 0},
+	{"limits", set_object, 0, 0, 0, limits_fields},
+	{"timeouts", set_object, 0, 0, 0, timeouts_fields},
+	{"log", set_object, 0, 0, 0, log_fields},
+	{"webFarms", set_farms, 0},
+	{"rules", set_rules, 0},
+	{NULL},
+};
+
+/* Frees cfg and everything it owns. rules_free runs on the first ncompiled
+ * rules only (those rules_compile saw). Safe on a partly built config. */
+static void cfg_free(struct config *cfg, unsigned int ncompiled)
+{
+	unsigned int i, j;
+
+	lb_detach(cfg);
+	for (i = 0; i < cfg->nlisteners; i++)
+		free(cfg->listeners[i].address);
+	free(cfg->listeners);
+	for (i = 0; i < cfg->nfarms; i++) {
+		struct farm *f = &cfg->farms[i];
+
+		for (j = 0; j < f->nservers; j++) {
+			free(f->servers[j].address);
+			free(f->servers[j].host_name);
+		}
+		free(f->servers);
+		free(f->name);
+		free(f->lb.hash_server_variable);
+		for (j = 0; j < f->lb.nquery_string_names; j++)
+			free(f->lb.query_string_names[j]);
+		free(f->lb.query_string_names);
+		free(f->affinity.cookie_name);
+		free(f->protocol.xff_name);
+	}
+	free(cfg->farms);
+	for (i = 0; i < cfg->nrules; i++) {
+		struct rule *r = &cfg->rules[i];
+
+		if (i < ncompiled)
+			rules_free(r);
+		free(r->name);
+		free(r->match.pattern);
+		for (j = 0; j < r->nconds; j++) {
+			free(r->conds[j].input);
+			free(r->conds[j].pat.pattern);
+		}
+		free(r->conds);
+		free(r->action.url);
+		free(r->action.status_reason);
+		free(r->action.status_description);
+	}
+	free(cfg->rules);
+	free(cfg);
+}
+
+struct config *cfg_load_buf(const char *json, size_t len, char *err, size_t errlen)
+{
+	struct cfg_ctx c = {.err = err, .errlen = errlen, .path = "$", .plen = 1};
+	struct json_doc *doc;
+	struct config *cfg;
+	unsigned int i, ncompiled = 0;
+	char rerr[256];
+	int rc;
+
+	if (errlen > 0)
+		err[0] = '\0';
+	cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL) {
+		cfg_fail(&c, "out of memory");
+		return NULL;
+	}
+	cfg->refcnt = 1;
+	cfg->limits.max_request_line = 8192;
+	cfg->limits.max_header_size = 16384;
+	cfg->limits.max_headers = 100;
+	cfg->limits.max_connections = 10000;
+	cfg->limits.max_response_header_size = 65536;
+	cfg->timeouts.connect_ms = 5000;
+	cfg->timeouts.request_header_ms = 10000;
+	cfg->timeouts.keep_alive_ms = 60000;
+	cfg->timeouts.request_body_ms = 60000;
+	cfg->timeouts.upstream_idle_ms = 30000;
+	cfg->log.access = LOG_TARGET_STDERR;
+	cfg->log.error = LOG_TARGET_STDERR;
+
+	doc = json_parse(json, len, err, errlen);
+	if (doc == NULL)
+		goto fail;
+	rc = parse_fields(&c, doc->root, top_fields, cfg);
+	json_free(doc);
+	if (rc < 0)
+		goto fail;
+	if (cfg->nlisteners == 0) {
+		path_key(&c, "listeners");
+		cfg_fail(&c, "at least one listener is required");
+		goto fail;
+	}
+	/* rules name farms: compile once all of them exist */
+	for (i = 0; i < cfg->nrules; i++) {
+		rerr[0] = '\0';
+		ncompiled = i + 1;
+		if (rules_compile(cfg, &cfg->rules[i], rerr, sizeof(rerr)) < 0) {
+			if (errlen > 0)
+				snprintf(err, errlen, "$.rules[%u]%s%s", i, rerr[0] ? "." : ": ",
+					 rerr[0] ? rerr : "invalid rule");
+			goto fail;
+		}
+	}
+	return cfg;
+fail:
+	cfg_free(cfg, ncompiled);
+	return NULL;
+}
+
+struct config *cfg_load_file(const char *path, char *err, size_t errlen)
+{
+	struct config *cfg;
+	struct stat st;
+	size_t len = 0, cap, plen;
+	char *buf = NULL, *nb;
+	ssize_t n;
+	int fd, e;
+
+	if (errlen > 0)
+		err[0] = '\0';
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1) {
+		e = errno;
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+		return NULL;
+	}
+	if (fstat(fd, &st) == -1) {
+		e = errno;
+		snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(e));
+		goto fail;
+	}
+	if (st.st_size > CFG_FILE_MAX) {
+		snprintf(err, errlen, "%s: larger than %d bytes (1 MiB)", path, CFG_FILE_MAX);
+		goto fail;
+	}
+	/* st_size is a hint only (the file may change, or be a pipe): read to
+	 * EOF, one byte past the limit to notice growth */
+	cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+	buf = malloc(cap);
+	if (buf == NULL) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		goto fail;
+	}
+	for (;;) {
+		if (len == cap) {
+			if (cap > CFG_FILE_MAX) {
+				snprintf(err, errlen, "%s: larger than %d bytes (1 MiB)", path,
+					 CFG_FILE_MAX);
+				goto fail;
+			}
+			cap = cap * 2 > CFG_FILE_MAX + 1 ? CFG_FILE_MAX + 1 : cap * 2;
+			nb = realloc(buf, cap);
+			if (nb == NULL) {
+				snprintf(err, errlen, "%s: out of memory", path);
+				goto fail;
+			}
+			buf = nb;
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			e = errno;
+			snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	if (len > CFG_FILE_MAX) {
+		snprintf(err, errlen, "%s: larger than %d bytes (1 MiB)", path, CFG_FILE_MAX);
+		goto fail;
+	}
+	close(fd);
+	/* the path prefix goes first; the loader writes its message after it */
+	plen = errlen > 0 ? (size_t)snprintf(err, errlen, "%s: ", path) : 0;
+	if (plen >= errlen) {
+		char tmp[1];
+
+		cfg = cfg_load_buf(buf, len, tmp, 0);
+	} else {
+		cfg = cfg_load_buf(buf, len, err + plen, errlen - plen);
+		if (cfg != NULL)
+			err[0] = '\0';
+	}
+	free(buf);
+	return cfg;
+fail:
+	free(buf);
+	close(fd);
+	return NULL;
+}
+
+void cfg_get(struct config *cfg)
+{
+	cfg->refcnt++;
+}
+
+void cfg_put(struct config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	if (--cfg->refcnt > 0)
+		return;
+	cfg_free(cfg, cfg->nrules);
+}
+
+struct farm *cfg_find_farm(const struct config *cfg, const char *name, size_t len)
+{
+	unsigned int i;
+
+	for (i = 0; i < cfg->nfarms; i++) {
+		const char *n = cfg->farms[i].name;
+
+		if (strncasecmp(n, name, len) == 0 && n[len] == '\0')
+			return &cfg->farms[i];
+	}
+	return NULL;
+}
+
+/* Reads 1 to maxd decimal digits at s[*i..len) into *v. */
+static int ts_digits(const char *s, size_t len, size_t *i, unsigned int maxd, uint64_t *v)
+{
+	size_t start = *i;
+
+	*v = 0;
+	while (*i < len && s[*i] >= '0' && s[*i] <= '9' && *i - start < maxd)
+		*v = *v * 10 + (uint64_t)(s[(*i)++] - '0');
+	if (*i == start || (*i < len && s[*i] >= '0' && s[*i] <= '9'))
+		return -1;
+	return 0;
+}
+
+/* See cfg.h. Accepts [d.]h:mm:ss[.f] as .NET's TimeSpan writes it: hours
+ * below 24 (days carry the rest), minutes and seconds below 60, up to 7
+ * fraction digits (beyond milliseconds they are dropped), no sign, no
+ * spaces. Days are capped at 8 digits so the result cannot overflow. */
+int cfg_parse_timespan(const char *s, size_t len, uint64_t *ms)
+{
+	uint64_t first, days = 0, h, m, sec, frac = 0, scale;
+	size_t i = 0, fstart;
+
+	if (ts_digits(s, len, &i, 8, &first) < 0)
+		return -1;
+	if (i < len && s[i] == '.') {
+		days = first;
+		i++;
+		if (ts_digits(s, len, &i, 2, &h) < 0)
+			return -1;
+	} else {
+		if (i > 2)
+			return -1;
+		h = first;
+	}
+	if (i >= len || s[i++] != ':' || ts_digits(s, len, &i, 2, &m) < 0)
+		return -1;
+	if (i >= len || s[i++] != ':' || ts_digits(s, len, &i, 2, &sec) < 0)
+		return -1;
+	if (i < len && s[i] == '.') {
+		i++;
+		fstart = i;
+		if (ts_digits(s, len, &i, 7, &frac) < 0)
+			return -1;
+		/* scale the fraction to milliseconds: ".5" is 500, ".0005" is 0 */
+		for (scale = i - fstart; scale < 3; scale++)
+			frac *= 10;
+		for (; scale > 3; scale--)
+			frac /= 10;
+	}
+	if (i != len || h > 23 || m > 59 || sec > 59)
+		return -1;
+	*ms = days * MS_PER_DAY + h * 3600000 + m * 60000 + sec * 1000 + frac;
+	return 0;
+}
