@@ -806,6 +806,15 @@ static int start_upstream(struct client *cl, struct server *exclude, struct serv
 	}
 }
 
+/* Only WebSocket is tunnelled: other upgrades (h2c, TLS) would hand the
+ * backend connection to a protocol this proxy does not speak. */
+static int upgrade_is_websocket(const struct http_req *r)
+{
+	const struct http_hdr *u = http1_find(r->hdrs, r->nhdrs, "upgrade");
+
+	return u && http1_token_eq(u->value, u->value_len, "websocket");
+}
+
 /* Routes a parsed request: rules, farm, server, upstream. */
 static void handle_request(struct client *cl)
 {
@@ -839,7 +848,7 @@ static void handle_request(struct client *cl)
 	http1_chunked_init(&cl->req_ch, 1);
 	cl->upgrade = (r->flags & (HTTP_F_UPGRADE | HTTP_F_CONN_UPGRADE)) ==
 			      (HTTP_F_UPGRADE | HTTP_F_CONN_UPGRADE) &&
-		      r->minor == 1 && r->method == HTTP_M_GET;
+		      r->minor == 1 && r->method == HTTP_M_GET && upgrade_is_websocket(r);
 	cl->resp_state = RS_HEAD;
 	cl->farm = NULL;
 	cl->srv = NULL;
