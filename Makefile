@@ -44,6 +44,7 @@ DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfi
 	nginx wrk curl clang-format cppcheck procps iproute2
 
 .DEFAULT_GOAL := all
+.SECONDARY:
 .PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
 	menuconfig olddefconfig savedefconfig defconfig config asan
 
@@ -165,7 +166,7 @@ LINT_SRCS = $(wildcard firmware/*.c firmware/*.h tests/unit/*.c tests/unit/*.h t
 lint: $(AUTOCONF)
 	$(Q)clang-format --dry-run --Werror $(LINT_SRCS)
 	$(Q)cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
-		--inline-suppr --std=c11 -D_GNU_SOURCE -DFG_VERSION='"lint"' -Ifirmware \
+		--inline-suppr --std=c11 -D__CPPCHECK__ -D_GNU_SOURCE -DFG_VERSION='"lint"' -Ifirmware \
 		--include=$(AUTOCONF) --suppress=missingIncludeSystem firmware tests/unit
 	@echo "lint: clean"
 

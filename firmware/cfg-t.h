@@ -46,17 +46,17 @@ struct rule_cond {
 
 struct rule_action {
 	enum rule_action_type type;
-	char *url;		 /* Rewrite / Redirect target template */
-	int append_query_string; /* default 1 */
-	int redirect_status;	 /* 301 (Permanent, default), 302, 303, 307 */
-	int status_code;	 /* CustomResponse */
-	char *status_reason;	 /* CustomResponse */
+	char *url;		  /* Rewrite / Redirect target template */
+	int append_query_string;  /* default 1 */
+	int redirect_status;	  /* 301 (Permanent, default), 302, 303, 307 */
+	int status_code;	  /* CustomResponse */
+	char *status_reason;	  /* CustomResponse */
 	char *status_description; /* CustomResponse body */
 };
 
 struct rule {
 	char *name;
-	int enabled;	    /* default 1 */
+	int enabled;	     /* default 1 */
 	int stop_processing; /* default 0 */
 	struct rule_pattern match;
 	struct rule_cond *conds;
@@ -70,14 +70,14 @@ struct server_rt; /* runtime state of a server, survives reloads (lb.h) */
 struct farm_rt;	  /* runtime state of a farm, survives reloads (lb.h) */
 
 struct server {
-	char *address;	    /* FQDN or IP, required */
-	uint16_t http_port; /* default 80 */
-	uint16_t https_port; /* default 443 */
-	int enabled;	    /* default 1 */
-	uint32_t weight;    /* default 100 */
-	char *host_name;    /* NULL when unset */
-	struct farm *farm;  /* back pointer */
-	unsigned int idx;   /* index in farm->servers */
+	char *address;		      /* FQDN or IP, required */
+	uint16_t http_port;	      /* default 80 */
+	uint16_t https_port;	      /* default 443 */
+	int enabled;		      /* default 1 */
+	uint32_t weight;	      /* default 100 */
+	char *host_name;	      /* NULL when unset */
+	struct farm *farm;	      /* back pointer */
+	unsigned int idx;	      /* index in farm->servers */
 	struct sockaddr_storage addr; /* resolved address, port = http_port */
 	socklen_t addrlen;
 	uint64_t affinity_id; /* stable id written in the affinity cookie */
@@ -85,20 +85,20 @@ struct server {
 };
 
 struct farm {
-	char *name; /* required, unique (case-insensitive, as ARR) */
+	char *name;  /* required, unique (case-insensitive, as ARR) */
 	int enabled; /* default 1 */
 	struct server *servers;
 	unsigned int nservers;
 	struct {
-		enum lb_algo algorithm;	       /* default WeightedRoundRobin */
-		char *hash_server_variable;    /* RequestHash; NULL = hash {URL} */
-		char **query_string_names;     /* RequestHash over these values */
+		enum lb_algo algorithm;	    /* default WeightedRoundRobin */
+		char *hash_server_variable; /* RequestHash; NULL = hash {URL} */
+		char **query_string_names;  /* RequestHash over these values */
 		unsigned int nquery_string_names;
 		uint32_t least_response_time_period_ms; /* default 5000 */
 	} lb;
 	struct {
-		int use_cookie;	   /* default 0 */
-		char *cookie_name; /* default "ARRAffinity" */
+		int use_cookie;	    /* default 0 */
+		char *cookie_name;  /* default "ARRAffinity" */
 		uint32_t timeout_s; /* default 1200 (00:20:00) */
 	} affinity;
 	struct {
@@ -129,10 +129,10 @@ struct config {
 	struct listener_cfg *listeners;
 	unsigned int nlisteners;
 	struct {
-		uint32_t max_request_line;  /* default 8192 -> 414 */
-		uint32_t max_header_size;   /* default 16384 (whole head) -> 431 */
-		uint32_t max_headers;	    /* default 100 -> 431 */
-		uint32_t max_connections;   /* default 10000 */
+		uint32_t max_request_line;	   /* default 8192 -> 414 */
+		uint32_t max_header_size;	   /* default 16384 (whole head) -> 431 */
+		uint32_t max_headers;		   /* default 100 -> 431 */
+		uint32_t max_connections;	   /* default 10000 */
 		uint32_t max_response_header_size; /* default 65536 (ARR) */
 	} limits;
 	struct {

@@ -47,14 +47,14 @@ void ev_free(struct ev_loop *loop)
 
 int ev_fd_add(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 {
-	struct epoll_event ev = { .events = events, .data.ptr = w };
+	struct epoll_event ev = {.events = events, .data.ptr = w};
 
 	return epoll_ctl(loop->epfd, EPOLL_CTL_ADD, w->fd, &ev);
 }
 
 int ev_fd_mod(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 {
-	struct epoll_event ev = { .events = events, .data.ptr = w };
+	struct epoll_event ev = {.events = events, .data.ptr = w};
 
 	return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, w->fd, &ev);
 }

@@ -24,9 +24,9 @@ enum http_method {
 };
 
 enum http_body {
-	HTTP_BODY_NONE = 0,	/* no body at all */
-	HTTP_BODY_LENGTH = 1,	/* Content-Length bytes */
-	HTTP_BODY_CHUNKED = 2,	/* Transfer-Encoding: chunked */
+	HTTP_BODY_NONE = 0,	 /* no body at all */
+	HTTP_BODY_LENGTH = 1,	 /* Content-Length bytes */
+	HTTP_BODY_CHUNKED = 2,	 /* Transfer-Encoding: chunked */
 	HTTP_BODY_UNTIL_EOF = 3, /* response only: read until close */
 };
 
@@ -38,10 +38,10 @@ enum http_target_form {
 };
 
 /* Message flags (bit values). */
-#define HTTP_F_CONN_CLOSE 0x01	    /* Connection: close */
-#define HTTP_F_CONN_KEEPALIVE 0x02  /* Connection: keep-alive */
-#define HTTP_F_CONN_UPGRADE 0x04    /* Connection: upgrade token present */
-#define HTTP_F_UPGRADE 0x08	    /* Upgrade header present */
+#define HTTP_F_CONN_CLOSE      0x01 /* Connection: close */
+#define HTTP_F_CONN_KEEPALIVE  0x02 /* Connection: keep-alive */
+#define HTTP_F_CONN_UPGRADE    0x04 /* Connection: upgrade token present */
+#define HTTP_F_UPGRADE	       0x08 /* Upgrade header present */
 #define HTTP_F_EXPECT_CONTINUE 0x10 /* Expect: 100-continue */
 
 /* One header field; both slices point into the caller's buffer. The value
@@ -65,8 +65,8 @@ struct http_req {
 	uint32_t method_len;
 	const char *target;
 	uint32_t target_len;
-	int target_form; /* enum http_target_form */
-	int minor;	 /* HTTP/1.<minor>: 0 or 1 */
+	int target_form;       /* enum http_target_form */
+	int minor;	       /* HTTP/1.<minor>: 0 or 1 */
 	struct http_hdr *hdrs; /* caller's array */
 	unsigned int nhdrs;
 	int host_idx; /* index of the Host header in hdrs, -1 when absent */
@@ -101,16 +101,16 @@ int http1_parse_request(const char *buf, size_t len, const struct http_limits *l
  * CONNECT (no body). Bare LF line ends are tolerated from backends. Returns
  * the head length, HTTP1_INCOMPLETE, or -502 for an invalid or oversized
  * response (over lim->max_head, or over lim->max_headers fields). */
-int http1_parse_response(const char *buf, size_t len, const struct http_limits *lim,
-			 int req_method, struct http_resp *resp, struct http_hdr *hdrs);
+int http1_parse_response(const char *buf, size_t len, const struct http_limits *lim, int req_method,
+			 struct http_resp *resp, struct http_hdr *hdrs);
 
 /* Incremental chunked-body decoder. Zero it (or http1_chunked_init) before
  * the first call. */
 struct http_chunked {
 	int state;
-	int strict;	    /* 1: requests (CRLF only); 0: responses (bare LF ok) */
-	uint64_t remaining; /* data bytes left in the current chunk */
-	uint32_t line_len;  /* bytes of the current size/ext or trailer line */
+	int strict;	      /* 1: requests (CRLF only); 0: responses (bare LF ok) */
+	uint64_t remaining;   /* data bytes left in the current chunk */
+	uint32_t line_len;    /* bytes of the current size/ext or trailer line */
 	uint32_t trailer_len; /* total trailer bytes so far */
 	uint32_t max_line;    /* limit for a chunk-size/ext line (default 4096) */
 	uint32_t max_trailer; /* limit for all trailers (default 16384) */

@@ -40,8 +40,8 @@ struct farm_rt {
 
 /* Input of a pick. */
 struct lb_input {
-	const struct rule_ctx *vars; /* for RequestHash */
-	uint64_t affinity_id;	     /* from the affinity cookie, 0 if none */
+	const struct rule_ctx *vars;  /* for RequestHash */
+	uint64_t affinity_id;	      /* from the affinity cookie, 0 if none */
 	const struct server *exclude; /* a server already tried, or NULL */
 	uint64_t now_ms;
 };

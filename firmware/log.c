@@ -14,8 +14,8 @@ static enum log_target log_error_to = LOG_TARGET_STDERR;
 static int log_debug;
 static int log_syslog_open;
 
-static const char *const level_names[] = { "error", "warning", "info", "debug" };
-static const int level_syslog[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+static const char *const level_names[] = {"error", "warning", "info", "debug"};
+static const int level_syslog[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
 
 void log_configure(enum log_target access, enum log_target error, int debug)
 {

@@ -26,7 +26,7 @@ int log_debug_enabled(void);
 #define LOGE(...) fg_log(FG_LOG_ERR, __VA_ARGS__)
 #define LOGW(...) fg_log(FG_LOG_WARN, __VA_ARGS__)
 #define LOGI(...) fg_log(FG_LOG_INFO, __VA_ARGS__)
-#define LOGD(...)                                                                             \
+#define LOGD(...)                                                                                  \
 	do {                                                                                       \
 		if (IS_ENABLED(CONFIG_DEBUG_LOG) && log_debug_enabled())                           \
 			fg_log(FG_LOG_DEBUG, __VA_ARGS__);                                         \

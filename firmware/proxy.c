@@ -24,9 +24,9 @@
 #include "rules.h"
 
 #define RESP_MAX_HEADERS 256
-#define LINGER_MS 2000
-#define TUNNEL_IDLE_MS 3600000
-#define CHUNK_FRAMING 24 /* "%x\r\n" + "\r\n" for a chunk of at most 2^64 */
+#define LINGER_MS	 2000
+#define TUNNEL_IDLE_MS	 3600000
+#define CHUNK_FRAMING	 24 /* "%x\r\n" + "\r\n" for a chunk of at most 2^64 */
 
 struct listener {
 	struct ev_fd ev;
@@ -475,7 +475,7 @@ static void local_response(struct client *cl, int status, const char *reason, co
 			"Content-Length: %zu\r\n%s%s\r\n",
 			cl->minor == 0 ? 0 : 1, status, reason, blen, extra ? extra : "",
 			cl->close_after ? "Connection: close\r\n"
-			: (cl->minor == 0 ? "Connection: keep-alive\r\n" : ""));
+					: (cl->minor == 0 ? "Connection: keep-alive\r\n" : ""));
 	if (hlen >= sizeof(head))
 		hlen = sizeof(head) - 1;
 	if (cl->head_method)
@@ -838,8 +838,8 @@ static void handle_request(struct client *cl)
 	cl->idempotent = r->method == HTTP_M_GET || r->method == HTTP_M_HEAD ||
 			 r->method == HTTP_M_OPTIONS || r->method == HTTP_M_PUT ||
 			 r->method == HTTP_M_DELETE;
-	cl->keepalive = r->minor ? !(r->flags & HTTP_F_CONN_CLOSE)
-				 : !!(r->flags & HTTP_F_CONN_KEEPALIVE);
+	cl->keepalive =
+		r->minor ? !(r->flags & HTTP_F_CONN_CLOSE) : !!(r->flags & HTTP_F_CONN_KEEPALIVE);
 	cl->close_after = !cl->keepalive || px.stopping;
 	cl->req_body = r->body;
 	cl->req_left = r->content_length;
@@ -886,8 +886,8 @@ static void handle_request(struct client *cl)
 
 	if (r->method == HTTP_M_CONNECT || r->method == HTTP_M_TRACE) {
 		cl->reason = "method not allowed";
-		local_response(cl, 405, NULL, "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n",
-			       NULL);
+		local_response(cl, 405, NULL,
+			       "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n", NULL);
 		return;
 	}
 
@@ -1260,7 +1260,7 @@ static void request_done(struct client *cl)
 	}
 	if (cl->reason && (cl->status >= 500 || cl->aborted) && cl->farm)
 		LOGW("%s:%s \"%s\" farm=%s: %s", cl->ip, cl->port, cl->reqline, cl->farm->name,
-			 cl->reason);
+		     cl->reason);
 	if (cl->cfg) {
 		cfg_put(cl->cfg);
 		cl->cfg = NULL;
@@ -1300,7 +1300,7 @@ static void client_close(struct client *cl)
 	ev_timer_del(px.loop, &cl->tmr);
 	if (cl->aborted) {
 		/* a reset tells the client the response is incomplete */
-		struct linger lg = { 1, 0 };
+		struct linger lg = {1, 0};
 
 		setsockopt(cl->ev.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	}
@@ -1340,9 +1340,9 @@ static void upstream_failed(struct client *cl, int status, const char *reason)
 			lb_request_end(prev, 0, 0, 0, 0, px.loop->now_ms);
 			start_upstream(cl, NULL, prev, 1);
 		} else {
-			LOGW("%s:%s \"%s\" farm=%s server=%s:%u: %s; trying another server",
-				 cl->ip, cl->port, cl->reqline, cl->farm->name, prev->address,
-				 prev->http_port, reason);
+			LOGW("%s:%s \"%s\" farm=%s server=%s:%u: %s; trying another server", cl->ip,
+			     cl->port, cl->reqline, cl->farm->name, prev->address, prev->http_port,
+			     reason);
 			lb_request_end(prev, 1, 0, 0, 0, px.loop->now_ms);
 			cl->srv = NULL;
 			start_upstream(cl, prev, NULL, 0);
@@ -1548,14 +1548,16 @@ static int step_proxy(struct client *cl)
 	}
 	if (up->eof) {
 		if (cl->resp_state == RS_HEAD) {
-			upstream_failed(cl, 502,
-					up->err ? "backend reset the connection"
-						: "backend closed the connection before responding");
+			upstream_failed(
+				cl, 502,
+				up->err ? "backend reset the connection"
+					: "backend closed the connection before responding");
 			return 1;
 		}
 		if (cl->resp_state == RS_BODY && !buf_len(&up->in)) {
 			if (cl->resp_body != HTTP_BODY_UNTIL_EOF || up->err) {
-				upstream_failed(cl, 502, "backend closed the connection mid-response");
+				upstream_failed(cl, 502,
+						"backend closed the connection mid-response");
 				return 1;
 			}
 			if (cl->resp_rechunk) {
@@ -1600,7 +1602,8 @@ static int step_tunnel(struct client *cl)
 		return 1;
 	}
 	if (buf_len(&cl->in))
-		p |= move_body(&cl->in, &up->out, HTTP_BODY_UNTIL_EOF, &dummy, NULL, 0, &done);
+		p |= move_body(&cl->in, &up->out, HTTP_BODY_UNTIL_EOF, &dummy, &cl->req_ch, 0,
+			       &done);
 	p |= client_read(cl);
 	r = upstream_write(cl, up);
 	if (r < 0)
@@ -1608,7 +1611,8 @@ static int step_tunnel(struct client *cl)
 	p |= r > 0;
 	p |= upstream_read(cl, up);
 	if (buf_len(&up->in))
-		p |= move_body(&up->in, &cl->out, HTTP_BODY_UNTIL_EOF, &dummy, NULL, 0, &done);
+		p |= move_body(&up->in, &cl->out, HTTP_BODY_UNTIL_EOF, &dummy, &cl->resp_ch, 0,
+			       &done);
 	p |= client_flush(cl);
 	if (cl->closed)
 		return 1;
@@ -1890,7 +1894,7 @@ static void listener_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 			    errno == ENOMEM) {
 				/* out of descriptors: pause accepting instead of spinning */
 				LOGW("accept on %s: %s; pausing accepts for 100 ms", lst->name,
-					 strerror(errno));
+				     strerror(errno));
 				listeners_set(0);
 				ev_timer_set(loop, &accept_pause, loop->now_ms + 100);
 			}
@@ -2028,8 +2032,8 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 	unsigned int i, j;
 
 	list_init(&fresh);
-	list_for_each_safe(pos, tmp, &px.listeners)
-	container_of(pos, struct listener, link)->keep = 0;
+	list_for_each_safe(pos, tmp, &px.listeners) container_of(pos, struct listener, link)->keep =
+		0;
 	for (i = 0; i < cfg->nlisteners; i++) {
 		struct listener *l = listener_find(&cfg->listeners[i]);
 
@@ -2079,7 +2083,7 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 
 fail:
 	list_for_each_safe(pos, tmp, &fresh)
-	listener_close(container_of(pos, struct listener, link));
+		listener_close(container_of(pos, struct listener, link));
 	cfg_put(cfg);
 	return -1;
 }
@@ -2091,7 +2095,7 @@ unsigned int proxy_shutdown(void)
 
 	px.stopping = 1;
 	list_for_each_safe(pos, tmp, &px.listeners)
-	listener_close(container_of(pos, struct listener, link));
+		listener_close(container_of(pos, struct listener, link));
 	list_for_each_safe(pos, tmp, &px.clients)
 	{
 		struct client *cl = container_of(pos, struct client, link);
@@ -2114,9 +2118,9 @@ void proxy_free(void)
 	unsigned int i, j;
 
 	list_for_each_safe(pos, tmp, &px.listeners)
-	listener_close(container_of(pos, struct listener, link));
+		listener_close(container_of(pos, struct listener, link));
 	list_for_each_safe(pos, tmp, &px.clients)
-	client_close(container_of(pos, struct client, link));
+		client_close(container_of(pos, struct client, link));
 	if (px.cfg) {
 		for (i = 0; i < px.cfg->nfarms; i++)
 			for (j = 0; j < px.cfg->farms[i].nservers; j++)

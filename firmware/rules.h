@@ -17,11 +17,11 @@ struct rule_ctx {
 	size_t query_len;
 	const char *host; /* {HTTP_HOST} */
 	size_t host_len;
-	int https;		  /* {HTTPS}: "on" / "off" */
-	const char *remote_addr;  /* {REMOTE_ADDR}, NUL-terminated */
-	const char *remote_port;  /* {REMOTE_PORT}, NUL-terminated */
-	const char *server_port;  /* {SERVER_PORT}, NUL-terminated */
-	const char *method;	  /* {REQUEST_METHOD} */
+	int https;		 /* {HTTPS}: "on" / "off" */
+	const char *remote_addr; /* {REMOTE_ADDR}, NUL-terminated */
+	const char *remote_port; /* {REMOTE_PORT}, NUL-terminated */
+	const char *server_port; /* {SERVER_PORT}, NUL-terminated */
+	const char *method;	 /* {REQUEST_METHOD} */
 	size_t method_len;
 	const struct http_hdr *hdrs; /* for {HTTP_<NAME>} (NAME: '_' matches '-') */
 	unsigned int nhdrs;
@@ -37,7 +37,7 @@ enum rules_outcome {
 };
 
 struct rule_result {
-	int outcome; /* enum rules_outcome */
+	int outcome;		 /* enum rules_outcome */
 	const struct rule *rule; /* the rule whose action decided, or NULL */
 	struct farm *farm;
 	int https; /* the rewrite target's scheme was https */
