@@ -885,6 +885,8 @@ static void handle_request(struct client *cl)
 			cl->reqline[i] = '\'';
 
 	if (r->method == HTTP_M_CONNECT || r->method == HTTP_M_TRACE) {
+		/* what follows a CONNECT is tunnel data, never a request: close */
+		cl->close_after = 1;
 		cl->reason = "method not allowed";
 		local_response(cl, 405, NULL,
 			       "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n", NULL);

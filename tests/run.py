@@ -1,0 +1,387 @@
+#!/usr/bin/python3
+"""Farmgate test runner (make test / test-unit / test-integration).
+
+    tests/run.py --build DIR [--asan-build DIR] [--only unit|integration] [--filter REGEX]
+
+unit:        every DIR/tests/test_* cmocka binary (then the ASan build's), one
+             line per binary; cmocka tests are counted one by one.
+integration: every top-level test_* function of tests/integration/test_*.py,
+             each in its own process with a fresh harness.Env, against
+             DIR/farmgated and then against the ASan build's farmgated
+             (@release_only tests are skipped there). 300 s per test.
+
+The last line is exactly "N passed, N failed"; the exit status is 0 iff
+nothing failed and something passed.
+"""
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.dont_write_bytecode = True  # keep the source tree clean
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+INTEG = os.path.join(HERE, "integration")
+PY = sys.executable or "/usr/bin/python3"
+TEST_TIMEOUT = int(os.environ.get("FARMGATE_TEST_TIMEOUT", "300"))
+UNIT_TIMEOUT = 300
+ASAN_ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+
+
+def say(line=""):
+    print(line, flush=True)
+
+
+# --------------------------------------------------------------------------
+# unit tests (cmocka)
+# --------------------------------------------------------------------------
+
+RX_PASSED = re.compile(r"^\[  PASSED  \] (\d+) test\(s\)\.", re.M)
+RX_FAILED_SUM = re.compile(r"^\[  FAILED  \] (\d+) test\(s\)", re.M)
+RX_OK = re.compile(r"^\[       OK \] (\S+)", re.M)
+RX_FAILED_ONE = re.compile(r"^\[  FAILED  \] (?!\d+ test\(s\))(\S+)\s*$", re.M)
+RX_ERROR_ONE = re.compile(r"^\[  ERROR   \] (?!---)(\S+)", re.M)
+
+
+def parse_cmocka(out):
+    """Returns (passed, failed, failed_names, has_summary)."""
+    passed = sum(int(n) for n in RX_PASSED.findall(out))
+    failed = sum(int(n) for n in RX_FAILED_SUM.findall(out))
+    names = []
+    for n in RX_FAILED_ONE.findall(out) + RX_ERROR_ONE.findall(out):
+        if n not in names:
+            names.append(n)
+    has_summary = bool(RX_PASSED.search(out) or RX_FAILED_SUM.search(out))
+    if not has_summary:
+        passed = len(set(RX_OK.findall(out)))
+        failed = len(names)
+    return passed, failed, names, has_summary
+
+
+def run_unit(build, label, env_extra):
+    tdir = os.path.join(build, "tests")
+    bins = []
+    if os.path.isdir(tdir):
+        for n in sorted(os.listdir(tdir)):
+            p = os.path.join(tdir, n)
+            if n.startswith("test_") and os.path.isfile(p) and os.access(p, os.X_OK):
+                bins.append(p)
+    return bins, tdir
+
+
+def run_unit_suite(build, label, env_extra, flt):
+    bins, tdir = run_unit(build, label, env_extra)
+    passed = failed = 0
+    say("== unit (%s) ==" % label)
+    if not bins:
+        say("FAIL %s: no unit test binaries in %s (run make unit)" % (label, tdir))
+        return 0, 1
+    env = dict(os.environ)
+    env["CMOCKA_MESSAGE_OUTPUT"] = "stdout"
+    env.update(env_extra)
+    for b in bins:
+        name = "%s/%s" % (label, os.path.basename(b))
+        if flt and not re.search(flt, os.path.basename(b)):
+            continue
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run([b], capture_output=True, timeout=UNIT_TIMEOUT, env=env, cwd=ROOT)
+            out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+            rc = p.returncode
+        except subprocess.TimeoutExpired as e:
+            out = ((e.stdout or b"") + (e.stderr or b"")).decode("utf-8", "replace")
+            rc = "timeout"
+        dt = time.monotonic() - t0
+        np, nf, names, has_summary = parse_cmocka(out)
+        why = ""
+        if rc == "timeout":
+            nf = max(nf, 1)
+            why = "timed out after %ds" % UNIT_TIMEOUT
+        elif rc != 0 and (not has_summary or nf == 0):
+            # crashed, sanitizer abort, or non-zero exit without a parseable failure
+            nf += 1
+            why = "exit status %s%s" % (rc, " (signal %d)" % -rc if isinstance(rc, int) and rc < 0 else "")
+            if "ERROR: AddressSanitizer" in out or "ERROR: LeakSanitizer" in out or "runtime error:" in out:
+                why += ", sanitizer report"
+        passed += np
+        failed += nf
+        if nf == 0 and np > 0:
+            say("PASS %s: %d passed (%.1fs)" % (name, np, dt))
+        else:
+            if np == 0 and nf == 0:
+                failed += 1
+                nf = 1
+                why = why or "no tests ran"
+            say("FAIL %s: %d passed, %d failed%s%s" % (
+                name, np, nf, (" [" + ", ".join(names) + "]") if names else "", (": " + why) if why else ""))
+            tail = [l for l in out.splitlines() if l.strip()][-12:]
+            for l in tail:
+                say("    " + l)
+    return passed, failed
+
+
+# --------------------------------------------------------------------------
+# integration tests
+# --------------------------------------------------------------------------
+
+def discover(flt):
+    """Returns ([(module, name, release_only)], [(module, error)])."""
+    sys.path.insert(0, INTEG)
+    tests, errors = [], []
+    for fn in sorted(os.listdir(INTEG)):
+        if not (fn.startswith("test_") and fn.endswith(".py")):
+            continue
+        mod = fn[:-3]
+        try:
+            m = importlib.import_module(mod)
+        except BaseException:
+            errors.append((mod, traceback.format_exc()))
+            continue
+        fns = []
+        for name, obj in vars(m).items():
+            if name.startswith("test_") and inspect.isfunction(obj) and obj.__module__ == mod:
+                fns.append((obj.__code__.co_firstlineno, name, bool(getattr(obj, "release_only", False))))
+        for _, name, ro in sorted(fns):
+            tid = "%s.%s" % (mod, name)
+            if flt and not re.search(flt, tid):
+                continue
+            tests.append((mod, name, ro))
+    return tests, errors
+
+
+def _pgid_members(pgid):
+    out = []
+    for n in os.listdir("/proc"):
+        if not n.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % n, "rb") as f:
+                st = f.read().decode("ascii", "replace")
+            fields = st[st.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(n))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def run_one(mod, name, farmgated, build, asan, tmpbase):
+    """Runs one test in a child process; returns (ok, secs, reason, details)."""
+    tid = "%s.%s" % (mod, name)
+    tmp = os.path.join(tmpbase, ("asan-" if asan else "") + tid)
+    os.makedirs(tmp, exist_ok=True)
+    os.chmod(tmp, 0o755)
+    result = os.path.join(tmp, "result.json")
+    outp = os.path.join(tmp, "output.txt")
+    cmd = [PY, os.path.abspath(__file__), "--child", tid, "--bin", farmgated, "--build", build,
+           "--tmp", tmp, "--result", result] + (["--asan"] if asan else [])
+    env = dict(os.environ)
+    if asan:
+        env.update(ASAN_ENV)
+    t0 = time.monotonic()
+    with open(outp, "wb") as out:
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 env=env, cwd=ROOT, start_new_session=True)
+        timed_out = False
+        try:
+            child.wait(timeout=TEST_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.kill(child.pid, signal.SIGTERM)  # the child unwinds and stops what it started
+            except ProcessLookupError:
+                pass
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.wait(timeout=10)
+    dt = time.monotonic() - t0
+    # anything the test left running in its process group is a failure too
+    left = _pgid_members(child.pid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    res = None
+    try:
+        with open(result) as f:
+            res = json.load(f)
+    except (OSError, ValueError):
+        pass
+    output = ""
+    try:
+        with open(outp, "rb") as f:
+            output = f.read().decode("utf-8", "replace")
+    except OSError:
+        pass
+    if timed_out:
+        reason = "timed out after %ds" % TEST_TIMEOUT
+        details = (res or {}).get("details", "") or output[-3000:]
+        return False, dt, reason, details
+    if res is None:
+        return False, dt, "test process exited with %s without a result" % child.returncode, output[-3000:]
+    if left:
+        return False, dt, "left %d process(es) running: %s (killed)" % (len(left), left), res.get("details", "")
+    return res["ok"], dt, res.get("reason", ""), res.get("details", "")
+
+
+def child_main(a):
+    """Runs one test function inside this process (called by run_one)."""
+    sys.path.insert(0, INTEG)
+    import harness
+
+    def on_term(signum, frame):
+        raise harness.TestTimeout("test timed out (signal %d)" % signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_term)
+    signal.alarm(max(10, TEST_TIMEOUT - 5))
+    mod, name = a.child.rsplit(".", 1)
+    res = {"ok": False, "reason": "", "details": ""}
+    env = None
+    err = None
+    try:
+        m = importlib.import_module(mod)
+        fn = getattr(m, name)
+        env = harness.Env(a.bin, a.tmp, build=a.build, asan=a.asan)
+        fn(env)
+    except BaseException as e:
+        err = e
+        res["details"] = traceback.format_exc()
+    finally:
+        if env is not None:
+            try:
+                env.close()
+            except BaseException as e:
+                if err is None or isinstance(e, harness.SanitizerError):
+                    extra = traceback.format_exc()
+                    res["details"] = (res["details"] + "\nduring cleanup:\n" if res["details"] else "") + extra
+                    if err is None or isinstance(e, harness.SanitizerError):
+                        err = e
+        signal.alarm(0)
+    if err is None:
+        res["ok"] = True
+    else:
+        msg = str(err).strip().splitlines()
+        first = msg[0] if msg else ""
+        res["reason"] = "%s: %s" % (type(err).__name__, first) if first else type(err).__name__
+        if env is not None and env.farmgateds:
+            res["details"] += "\n" + env.log_tails()
+    with open(a.result, "w") as f:
+        json.dump(res, f)
+    return 0
+
+
+def run_integration_suite(farmgated, build, asan, flt, tmpbase, keep):
+    label = "asan" if asan else "release"
+    say("== integration (%s: %s) ==" % (label, os.path.relpath(farmgated, ROOT)))
+    tests, errors = discover(flt)
+    passed = failed = 0
+    for mod, err in errors:
+        failed += 1
+        say("FAIL %s: import error" % mod)
+        for l in err.strip().splitlines()[-6:]:
+            say("    " + l)
+    if not os.access(farmgated, os.X_OK):
+        say("FAIL %s: %s does not exist (build it first)" % (label, farmgated))
+        return passed, failed + 1
+    for mod, name, ro in tests:
+        if asan and ro:
+            continue
+        ok, dt, reason, details = run_one(mod, name, farmgated, build, asan, tmpbase)
+        tid = "%s.%s" % (mod, name)
+        if ok:
+            passed += 1
+            say("PASS %s (%.1fs)" % (tid, dt))
+            if not keep:
+                shutil.rmtree(os.path.join(tmpbase, ("asan-" if asan else "") + tid), ignore_errors=True)
+        else:
+            failed += 1
+            say("FAIL %s: %s" % (tid, reason))
+            lines = [l for l in (details or "").rstrip().splitlines()]
+            # the traceback's last lines, then the farmgated log tails
+            if "\n--- " in details:
+                tb, _, logs = details.partition("\n--- ")
+                tbl = tb.rstrip().splitlines()[-8:]
+                logl = ("--- " + logs).splitlines()[-16:]
+                lines = tbl + logl
+            else:
+                lines = lines[-12:]
+            for l in lines:
+                say("    " + l[:400])
+            say("    (files kept in %s)" % os.path.join(tmpbase, ("asan-" if asan else "") + tid))
+    return passed, failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", help="release build directory (holds farmgated and tests/)")
+    ap.add_argument("--asan-build", help="ASan/UBSan build directory")
+    ap.add_argument("--only", choices=("unit", "integration"))
+    ap.add_argument("--filter", help="regex: unit binaries / integration module.test names")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dirs of passing tests too")
+    # internal: one integration test in this process
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--bin", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--asan", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child_main(a)
+    if not a.build:
+        ap.error("--build is required")
+    build = os.path.abspath(a.build)
+    asan_build = os.path.abspath(a.asan_build) if a.asan_build else None
+    passed = failed = 0
+    t0 = time.monotonic()
+    if a.only in (None, "unit"):
+        p, f = run_unit_suite(build, "unit", {}, a.filter)
+        passed += p
+        failed += f
+        if asan_build:
+            p, f = run_unit_suite(asan_build, "asan-unit", ASAN_ENV, a.filter)
+            passed += p
+            failed += f
+    if a.only in (None, "integration"):
+        tmpbase = tempfile.mkdtemp(prefix="farmgate-it-")
+        os.chmod(tmpbase, 0o755)
+        try:
+            p, f = run_integration_suite(os.path.join(build, "farmgated"), build, False, a.filter, tmpbase, a.keep)
+            passed += p
+            failed += f
+            if asan_build:
+                p, f = run_integration_suite(os.path.join(asan_build, "farmgated"), asan_build, True,
+                                             a.filter, tmpbase, a.keep)
+                passed += p
+                failed += f
+        finally:
+            if not os.listdir(tmpbase):
+                os.rmdir(tmpbase)
+            else:
+                say("(test files kept in %s)" % tmpbase)
+    say("(%.0fs)" % (time.monotonic() - t0))
+    say("%d passed, %d failed" % (passed, failed))
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
