@@ -28,12 +28,17 @@ endif
 PCRE_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 CFLAGS := -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
-CPPFLAGS := -D_GNU_SOURCE -I$(O)/include -Ifirmware -DFG_VERSION='"$(VERSION)"' $(PCRE_CFLAGS)
-LDLIBS := $(PCRE_LIBS)
+P11_CFLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
+CPPFLAGS := -D_GNU_SOURCE -I$(O)/include -Ifirmware -Ihsm -DFG_VERSION='"$(VERSION)"' \
+	$(PCRE_CFLAGS) $(P11_CFLAGS) -DOPENSSL_API_COMPAT=30000 -DOPENSSL_SUPPRESS_DEPRECATED
+LDLIBS := $(PCRE_LIBS) -lssl -lcrypto -ldl -lpthread
 
 FW_SRCS := $(sort $(wildcard firmware/*.c))
 FW_OBJS := $(FW_SRCS:%.c=$(O)/obj/%.o)
-LIB_OBJS := $(filter-out $(O)/obj/firmware/main.o,$(FW_OBJS))
+HSM_SRCS := $(sort $(filter-out hsm/farmgatectl.c,$(wildcard hsm/*.c)))
+HSM_OBJS := $(HSM_SRCS:%.c=$(O)/obj/%.o)
+LIB_OBJS := $(filter-out $(O)/obj/firmware/main.o,$(FW_OBJS)) $(HSM_OBJS)
+SHIM := $(O)/tests/libfgshim.so
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 TOOL_SRCS := $(sort $(wildcard tests/tools/*.c))
@@ -41,7 +46,8 @@ TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 
 # Debian packages the build, the demo and the tests need.
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
-	nginx wrk curl clang-format cppcheck procps iproute2
+	nginx wrk curl clang-format cppcheck procps iproute2 \
+	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl
 
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -115,18 +121,28 @@ savedefconfig: $(KCONFIG_CONFIG)
 	@echo "wrote board/$(BOARD)/defconfig"
 
 # ---- build --------------------------------------------------------------
-all: $(O)/farmgated
+all: $(O)/farmgated $(if $(wildcard hsm/farmgatectl.c),$(O)/farmgatectl)
 
-$(O)/farmgated: $(FW_OBJS)
+$(O)/farmgated: $(FW_OBJS) $(HSM_OBJS)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
+
+$(O)/farmgatectl: $(O)/obj/hsm/farmgatectl.o $(HSM_OBJS) $(O)/obj/firmware/log.o
+	@echo "  LD      $@"
+	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
+
+# The test PKCS#11 module that wraps SoftHSM (delays, faults, PIN lockout).
+$(SHIM): tests/pkcs11-shim/shim.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -shared $(P11_CFLAGS) -o $@ $< -ldl -lpthread
 
 $(O)/obj/%.o: %.c $(AUTOCONF) $(BUILDOPTS)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -include $(AUTOCONF) -c -o $@ $<
 
-unit: $(UNIT_BINS) $(TOOL_BINS)
+unit: $(UNIT_BINS) $(TOOL_BINS) $(if $(wildcard tests/pkcs11-shim/shim.c),$(SHIM))
 
 $(O)/tests/test_%: $(O)/obj/tests/unit/test_%.o $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -140,7 +156,7 @@ $(O)/tests/tools/%: $(O)/obj/tests/tools/%.o
 asan: $(AUTOCONF)
 	$(Q)$(MAKE) --no-print-directory O=$(O)/asan SANITIZE=1 KCONFIG_CONFIG=$(abspath $(KCONFIG_CONFIG)) all unit
 
--include $(FW_OBJS:.o=.d) $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
+-include $(FW_OBJS:.o=.d) $(HSM_OBJS:.o=.d) $(O)/obj/hsm/farmgatectl.d $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
 
 # ---- run and test -------------------------------------------------------
 run: deps all
@@ -161,13 +177,14 @@ bench: deps all
 	$(Q)$(PY) tests/bench.py --build $(O)
 
 # ---- hygiene ------------------------------------------------------------
-LINT_SRCS = $(wildcard firmware/*.c firmware/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c)
+LINT_SRCS = $(wildcard firmware/*.c firmware/*.h hsm/*.c hsm/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c \
+	tests/pkcs11-shim/*.c)
 
 lint: $(AUTOCONF)
 	$(Q)clang-format --dry-run --Werror $(LINT_SRCS)
 	$(Q)cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 		--inline-suppr --std=c11 -D__CPPCHECK__ -D_GNU_SOURCE -DFG_VERSION='"lint"' -Ifirmware \
-		--include=$(AUTOCONF) --suppress=missingIncludeSystem firmware tests/unit
+		--include=$(AUTOCONF) --suppress=missingIncludeSystem -Ihsm firmware hsm tests/unit
 	@echo "lint: clean"
 
 format:

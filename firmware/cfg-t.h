@@ -68,6 +68,8 @@ struct rule {
 
 struct server_rt; /* runtime state of a server, survives reloads (lb.h) */
 struct farm_rt;	  /* runtime state of a farm, survives reloads (lb.h) */
+struct farm_tls;  /* a farm's upstream TLS context and identity (tls.h) */
+struct fg_token;  /* an open PKCS#11 token and its signer thread (tls.h) */
 
 struct server {
 	char *address;		      /* FQDN or IP, required */
@@ -80,8 +82,11 @@ struct server {
 	unsigned int idx;	      /* index in farm->servers */
 	struct sockaddr_storage addr; /* resolved address, port = http_port */
 	socklen_t addrlen;
-	uint64_t affinity_id; /* stable id written in the affinity cookie */
-	struct server_rt *rt; /* runtime state, attached by lb_attach() */
+	uint64_t affinity_id;	    /* stable id written in the affinity cookie */
+	unsigned char cert_pin[32]; /* SHA-256 of the backend certificate (DER) */
+	int has_cert_pin;
+	struct sockaddr_storage tls_addr; /* resolved address, port = https_port */
+	struct server_rt *rt;		  /* runtime state, attached by lb_attach() */
 };
 
 struct farm {
@@ -109,13 +114,25 @@ struct farm {
 		char *xff_name;		  /* default "X-Forwarded-For"; "" = not sent */
 		int xff_include_port;	  /* default 1 */
 		int arr_response_header;  /* default 1 */
+		char *client_cert_hash;	  /* SHA-1 or SHA-256 thumbprint, NULL = none */
+		char *client_cert_token;  /* tokens[].name; NULL = the only token */
+		char *backend_ca_file;	  /* default /etc/ssl/certs/ca-certificates.crt */
 	} protocol;
-	struct farm_rt *rt; /* runtime state, attached by lb_attach() */
+	struct farm_rt *rt;   /* runtime state, attached by lb_attach() */
+	struct farm_tls *tls; /* built by tls_prepare() */
 };
 
 struct listener_cfg {
 	char *address; /* default "0.0.0.0" */
 	uint16_t port; /* required */
+};
+
+/* A PKCS#11 token that holds client-certificate keys. */
+struct token_cfg {
+	char *name;	/* referenced by protocol.clientCertToken */
+	char *module;	/* PKCS#11 module path */
+	char *uri;	/* RFC 7512 token selection, e.g. pkcs11:token=farmgate */
+	char *pin_file; /* root-owned, mode 0600 or stricter */
 };
 
 enum log_target {
@@ -151,6 +168,9 @@ struct config {
 	unsigned int nfarms;
 	struct rule *rules;
 	unsigned int nrules;
+	struct token_cfg *tokens;
+	unsigned int ntokens;
+	int tls_prepared; /* tls_prepare() ran: farm->tls set where needed */
 };
 
 #endif

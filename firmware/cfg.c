@@ -16,6 +16,7 @@
 #include "json.h"
 #include "lb.h"
 #include "rules.h"
+#include "tls.h"
 
 /* A configuration file larger than this is refused before parsing. */
 #define CFG_FILE_MAX (1024 * 1024)
@@ -611,6 +612,9 @@ static int set_listeners(struct cfg_ctx *c, const struct json_value *v, void *ba
 
 /* ---- farms and servers ------------------------------------------------ */
 
+static int set_cert_pin(struct cfg_ctx *c, const struct json_value *v, void *base,
+			const struct field *f);
+
 static const struct field server_fields[] = {
 	{"address", set_nonempty_str, offsetof(struct server, address), 0, 0, NULL, FIELD_REQUIRED},
 	{"httpPort", set_u16, offsetof(struct server, http_port), 1, 65535},
@@ -618,8 +622,44 @@ static const struct field server_fields[] = {
 	{"enabled", set_bool, offsetof(struct server, enabled)},
 	{"weight", set_u32, offsetof(struct server, weight), 0, 100000},
 	{"hostName", set_host_name, offsetof(struct server, host_name)},
+	{"certificatePin", set_cert_pin, 0},
 	{NULL},
 };
+
+/* "certificatePin": the SHA-256 of the backend's certificate, hex (spaces and
+ * colons allowed, either case), for backends whose certificate no CA vouches
+ * for. Base is the server. */
+static int set_cert_pin(struct cfg_ctx *c, const struct json_value *v, void *base,
+			const struct field *f)
+{
+	struct server *s = base;
+	const char *p;
+	size_t n = 0;
+
+	(void)f;
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	for (p = v->u.str.s; *p; p++) {
+		int d;
+
+		if (*p == ' ' || *p == ':')
+			continue;
+		if (*p >= '0' && *p <= '9')
+			d = *p - '0';
+		else if ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'f')
+			d = (*p | 0x20) - 'a' + 10;
+		else
+			return cfg_fail(c, "must be the certificate's SHA-256 in hex");
+		if (n >= 64)
+			return cfg_fail(c, "must be 64 hex digits (SHA-256)");
+		s->cert_pin[n / 2] = (unsigned char)(n % 2 ? s->cert_pin[n / 2] | d : d << 4);
+		n++;
+	}
+	if (n != 64)
+		return cfg_fail(c, "must be 64 hex digits (SHA-256)");
+	s->has_cert_pin = 1;
+	return 0;
+}
 
 /* "servers" of a farm (base is the farm). Resolution and the affinity id wait
  * for the whole farm, whose name may come after its servers. */
@@ -704,6 +744,9 @@ static const struct field protocol_fields[] = {
 	{"xForwardedForHeaderName", set_token_or_empty, offsetof(struct farm, protocol.xff_name)},
 	{"includePortInXForwardedFor", set_bool, offsetof(struct farm, protocol.xff_include_port)},
 	{"arrResponseHeader", set_bool, offsetof(struct farm, protocol.arr_response_header)},
+	{"clientCertHash", set_nonempty_str, offsetof(struct farm, protocol.client_cert_hash)},
+	{"clientCertToken", set_nonempty_str, offsetof(struct farm, protocol.client_cert_token)},
+	{"backendCaFile", set_nonempty_str, offsetof(struct farm, protocol.backend_ca_file)},
 	{NULL},
 };
 
@@ -755,6 +798,12 @@ static int server_finish(struct cfg_ctx *c, struct farm *farm, unsigned int idx)
 	memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
 	s->addrlen = res->ai_addrlen;
 	freeaddrinfo(res);
+	/* the same address with httpsPort, for rewrites to https://<farm>/ */
+	memcpy(&s->tls_addr, &s->addr, s->addrlen);
+	if (s->tls_addr.ss_family == AF_INET6)
+		((struct sockaddr_in6 *)&s->tls_addr)->sin6_port = htons(s->https_port);
+	else
+		((struct sockaddr_in *)&s->tls_addr)->sin_port = htons(s->https_port);
 	path_pop(c, old);
 	return 0;
 }
@@ -1008,7 +1057,47 @@ static const struct field log_fields[] = {
 	{NULL},
 };
 
+static const struct field token_fields[] = {
+	{"name", set_nonempty_str, offsetof(struct token_cfg, name), 0, 0, NULL, FIELD_REQUIRED},
+	{"module", set_nonempty_str, offsetof(struct token_cfg, module), 0, 0, NULL,
+	 FIELD_REQUIRED},
+	{"uri", set_nonempty_str, offsetof(struct token_cfg, uri), 0, 0, NULL, FIELD_REQUIRED},
+	{"pinFile", set_nonempty_str, offsetof(struct token_cfg, pin_file), 0, 0, NULL,
+	 FIELD_REQUIRED},
+	{NULL},
+};
+
+/* "tokens": the PKCS#11 tokens holding client-certificate keys (base is the
+ * config). They are opened by tls_prepare(), not here. */
+static int set_tokens(struct cfg_ctx *c, const struct json_value *v, void *base,
+		      const struct field *f)
+{
+	struct config *cfg = base;
+	size_t i, j, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (cfg_calloc(c, &cfg->tokens, v->u.arr.n, sizeof(*cfg->tokens)) < 0)
+		return -1;
+	cfg->ntokens = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		old = path_idx(c, i);
+		if (parse_fields(c, v->u.arr.items[i], token_fields, &cfg->tokens[i]) < 0)
+			return -1;
+		for (j = 0; j < i; j++)
+			if (!strcmp(cfg->tokens[j].name, cfg->tokens[i].name)) {
+				path_key(c, "name");
+				return cfg_fail(c, "duplicate token name \"%s\"",
+						cfg->tokens[i].name);
+			}
+		path_pop(c, old);
+	}
+	return 0;
+}
+
 static const struct field top_fields[] = {
+	{"tokens", set_tokens, 0},
 	{"listeners", set_listeners, 0},
 	{"limits", set_object, 0, 0, 0, limits_fields},
 	{"timeouts", set_object, 0, 0, 0, timeouts_fields},
@@ -1018,6 +1107,37 @@ static const struct field top_fields[] = {
 	{NULL},
 };
 
+/* Every farm with a client certificate names a defined token (or there is
+ * exactly one). Whether the certificate is on it is tls_prepare()'s check. */
+static int check_identities(struct cfg_ctx *c, struct config *cfg)
+{
+	unsigned int i, j;
+
+	for (i = 0; i < cfg->nfarms; i++) {
+		const struct farm *f = &cfg->farms[i];
+		const char *tok = f->protocol.client_cert_token;
+
+		if (!f->protocol.client_cert_hash && !tok)
+			continue;
+		snprintf(c->path, sizeof(c->path), "$.webFarms[%u].protocol.%s", i,
+			 tok ? "clientCertToken" : "clientCertHash");
+		c->plen = strlen(c->path);
+		if (!f->protocol.client_cert_hash)
+			return cfg_fail(c, "names a token but no clientCertHash");
+		if (!tok && cfg->ntokens != 1)
+			return cfg_fail(c, cfg->ntokens
+						   ? "several tokens are defined: set "
+						     "clientCertToken"
+						   : "needs a token: none is defined in $.tokens");
+		for (j = 0; tok && j < cfg->ntokens; j++)
+			if (!strcmp(cfg->tokens[j].name, tok))
+				break;
+		if (tok && j == cfg->ntokens)
+			return cfg_fail(c, "token \"%s\" is not defined in $.tokens", tok);
+	}
+	return 0;
+}
+
 /* Frees cfg and everything it owns. rules_free runs on the first ncompiled
  * rules only (those rules_compile saw). Safe on a partly built config. */
 static void cfg_free(struct config *cfg, unsigned int ncompiled)
@@ -1025,6 +1145,14 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 	unsigned int i, j;
 
 	lb_detach(cfg);
+	tls_config_free(cfg);
+	for (i = 0; i < cfg->ntokens; i++) {
+		free(cfg->tokens[i].name);
+		free(cfg->tokens[i].module);
+		free(cfg->tokens[i].uri);
+		free(cfg->tokens[i].pin_file);
+	}
+	free(cfg->tokens);
 	for (i = 0; i < cfg->nlisteners; i++)
 		free(cfg->listeners[i].address);
 	free(cfg->listeners);
@@ -1043,6 +1171,9 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 		free(f->lb.query_string_names);
 		free(f->affinity.cookie_name);
 		free(f->protocol.xff_name);
+		free(f->protocol.client_cert_hash);
+		free(f->protocol.client_cert_token);
+		free(f->protocol.backend_ca_file);
 	}
 	free(cfg->farms);
 	for (i = 0; i < cfg->nrules; i++) {
@@ -1107,6 +1238,8 @@ struct config *cfg_load_buf(const char *json, size_t len, char *err, size_t errl
 		cfg_fail(&c, "at least one listener is required");
 		goto fail;
 	}
+	if (check_identities(&c, cfg) < 0)
+		goto fail;
 	/* rules name farms: compile once all of them exist */
 	for (i = 0; i < cfg->nrules; i++) {
 		rerr[0] = '\0';

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "lb.h"
+#include "tls.h"
 
 /*
  * Runtime state registry.
@@ -222,6 +223,7 @@ static struct lb_node *reg_get(int kind, char *key)
 		n->server.key = key;
 		n->server.refcnt = 1;
 		list_init(&n->server.pool);
+		list_init(&n->server.pool_tls);
 	}
 	n->next = lb_reg.buckets[h & (lb_reg.nbuckets - 1)];
 	lb_reg.buckets[h & (lb_reg.nbuckets - 1)] = n;
@@ -311,13 +313,15 @@ static void server_rt_put(struct server_rt *rt)
 {
 	if (--rt->refcnt > 0)
 		return;
-	if (!list_empty(&rt->pool)) {
+	if (!list_empty(&rt->pool) || !list_empty(&rt->pool_tls)) {
 		fprintf(stderr,
 			"farmgated: lb: BUG: freeing runtime state of server \"%s\" with %u idle "
 			"connection(s) still pooled; the proxy must drain the pool first\n",
-			rt->key, rt->pool_len);
+			rt->key, rt->pool_len + rt->pool_tls_len);
 		abort();
 	}
+	if (rt->tls_session)
+		tls_session_free(rt->tls_session);
 	reg_free(container_of(rt, struct lb_node, server));
 }
 

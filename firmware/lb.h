@@ -27,9 +27,15 @@ struct server_rt {
 	uint32_t avg_response_ms; /* last completed window, or running average */
 	/* WeightedRoundRobin (smooth, as nginx): */
 	int64_t wrr_current;
-	/* idle upstream connections (owned by the proxy, struct upstream.pool_link) */
+	/* idle upstream connections (owned by the proxy, struct upstream.link):
+	 * plain HTTP and TLS ones apart */
 	struct list pool;
 	unsigned int pool_len;
+	struct list pool_tls;
+	unsigned int pool_tls_len;
+	/* the last TLS session with this server, and the identity it carries */
+	void *tls_session;
+	uint64_t tls_session_ident;
 };
 
 struct farm_rt {

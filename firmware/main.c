@@ -13,13 +13,16 @@
 #include "ev.h"
 #include "log.h"
 #include "proxy.h"
+#include "tls.h"
 
-#define STOP_GRACE_MS 10000
+#define STOP_GRACE_MS	10000
+#define STATS_PERIOD_MS 300000 /* token signature counters in the log */
 
 struct daemon {
 	struct ev_loop loop;
 	struct ev_fd sig;
 	struct ev_timer stop_timer;
+	struct ev_timer stats_timer;
 	const char *cfg_path;
 };
 
@@ -38,8 +41,10 @@ static void reload(struct daemon *d)
 	char err[1024];
 	struct config *cfg = cfg_load_file(d->cfg_path, err, sizeof(err));
 
-	if (!cfg) {
+	if (!cfg || tls_prepare(cfg, err, sizeof(err)) == -1) {
 		LOGE("reload failed: %s; keeping the running configuration", err);
+		if (cfg)
+			cfg_put(cfg);
 		return;
 	}
 	if (proxy_reload(cfg, err, sizeof(err)) == -1) {
@@ -54,6 +59,19 @@ static void stop_timer_cb(struct ev_loop *loop, struct ev_timer *t)
 	(void)t;
 	LOGW("connections still open after %d s: closing them", STOP_GRACE_MS / 1000);
 	loop->stop = 1;
+}
+
+static void stats_timer_cb(struct ev_loop *loop, struct ev_timer *t)
+{
+	const struct config *cfg = proxy_config();
+	unsigned int i;
+
+	for (i = 0; cfg && i < cfg->nfarms; i++)
+		if (cfg->farms[i].tls && cfg->farms[i].tls->token) {
+			tls_log_stats(cfg);
+			break;
+		}
+	ev_timer_set(loop, t, loop->now_ms + STATS_PERIOD_MS);
 }
 
 static void signal_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
@@ -123,14 +141,28 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	/* before any thread exists (token signers): signals reach only the
+	 * loop's signalfd */
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+
 	cfg = cfg_load_file(d.cfg_path, err, sizeof(err));
+	if (cfg && tls_prepare(cfg, err, sizeof(err)) == -1) {
+		cfg_put(cfg);
+		cfg = NULL;
+	}
 	if (!cfg) {
 		fprintf(stderr, "farmgated: %s\n", err);
+		tls_shutdown();
 		return 1;
 	}
 	if (check) {
 		printf("%s: configuration OK\n", d.cfg_path);
 		cfg_put(cfg);
+		tls_shutdown();
 		return 0;
 	}
 	log_configure(cfg->log.access, cfg->log.error, cfg->log.debug);
@@ -142,11 +174,6 @@ int main(int argc, char **argv)
 		cfg_put(cfg);
 		return 1;
 	}
-	sigemptyset(&set);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigprocmask(SIG_BLOCK, &set, NULL);
 	d.sig.fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	d.sig.cb = signal_cb;
 	if (d.sig.fd == -1 || ev_fd_add(&d.loop, &d.sig, EPOLLIN) == -1) {
@@ -155,6 +182,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	ev_timer_init(&d.stop_timer, stop_timer_cb);
+	ev_timer_init(&d.stats_timer, stats_timer_cb);
+	ev_timer_set(&d.loop, &d.stats_timer, d.loop.now_ms + STATS_PERIOD_MS);
+	tls_init(&d.loop, proxy_token_state);
 
 	if (proxy_start(&d.loop, cfg, err, sizeof(err)) == -1) {
 		LOGE("%s", err);
@@ -162,7 +192,10 @@ int main(int argc, char **argv)
 	}
 	LOGI("farmgated %s started (pid %d)", FG_VERSION, (int)getpid());
 	ev_run(&d.loop);
+	tls_log_stats(proxy_config());
 	proxy_free();
+	tls_shutdown();
+	ev_timer_del(&d.loop, &d.stats_timer);
 	ev_timer_del(&d.loop, &d.stop_timer);
 	ev_fd_close(&d.loop, &d.sig);
 	ev_free(&d.loop);

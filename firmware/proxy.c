@@ -12,6 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "buf.h"
 #include "cfg.h"
 #include "compiler.h"
@@ -22,6 +25,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "rules.h"
+#include "tls.h"
 
 #define RESP_MAX_HEADERS 256
 #define LINGER_MS	 2000
@@ -41,7 +45,9 @@ struct listener {
 enum up_state {
 	UP_CONNECTING = 0,
 	UP_ACTIVE = 1,
-	UP_IDLE = 2, /* in its server's pool */
+	UP_IDLE = 2,	  /* in its server's pool */
+	UP_HANDSHAKE = 3, /* TLS handshake in progress */
+	UP_ORPHAN = 4,	  /* client gone while a token signature was pending */
 };
 
 struct upstream {
@@ -57,6 +63,10 @@ struct upstream {
 	unsigned int closed : 1, reused : 1, sent_any : 1;
 	uint64_t last_io_ms;
 	char name[INET6_ADDRSTRLEN + 8];
+	SSL *ssl;	       /* NULL for plain HTTP */
+	uint64_t ident;	       /* TLS identity (farm_tls.ident) it was made with */
+	struct ev_fd async_ev; /* the signer's wait fd while a signature is pending */
+	struct config *hold;   /* an orphan keeps the generation of its key alive */
 };
 
 enum cl_state {
@@ -90,6 +100,7 @@ struct client {
 	unsigned int close_after : 1, keepalive : 1, head_method : 1, idempotent : 1;
 	unsigned int req_done : 1, upgrade : 1, resp_rechunk : 1, resp_keep_up : 1;
 	unsigned int retried : 1, aborted : 1, head_pending : 1, up_head_built : 1;
+	unsigned int up_tls : 1; /* the rule rewrote to https://<farm>/ */
 	/* timing */
 	uint64_t t_head_start; /* first byte of the current request head, 0 = none */
 	uint64_t t_idle_start; /* keep-alive wait start */
@@ -127,6 +138,7 @@ struct client {
 	char reqline[320];
 	int minor;
 	const char *reason; /* why a request failed, for the log */
+	char reason_buf[192];
 };
 
 struct proxy {
@@ -136,6 +148,7 @@ struct proxy {
 	struct list clients;
 	struct list graveyard_cl;
 	struct list graveyard_up;
+	struct list orphans;
 	unsigned int nclients;
 	int stopping;
 	struct http_hdr resp_hdrs[RESP_MAX_HEADERS];
@@ -150,6 +163,8 @@ static void client_close(struct client *cl);
 static void upstream_close(struct upstream *up);
 static void client_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events);
 static void upstream_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events);
+static int upstream_handshake(struct client *cl, struct upstream *up);
+static void upstream_failed(struct client *cl, int status, const char *reason);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -336,6 +351,11 @@ static void upstream_arm_timer(struct upstream *up)
 	case UP_CONNECTING:
 		d = up->last_io_ms + cl->cfg->timeouts.connect_ms;
 		break;
+	case UP_HANDSHAKE:
+		d = up->last_io_ms + cl->farm->protocol.timeout_ms;
+		break;
+	case UP_ORPHAN:
+		break;
 	case UP_ACTIVE:
 		if (cl && cl->state == CL_PROXY && cl->resp_state != RS_DONE)
 			d = up->last_io_ms + cl->farm->protocol.timeout_ms;
@@ -407,6 +427,69 @@ static int sock_write(int fd, struct buf *b, unsigned char *wr_ready)
 		return 0;
 	}
 	return -1;
+}
+
+/* TLS counterparts of sock_read/sock_write. A short SSL_read says nothing
+ * about the socket (records), so readiness is cleared only on WANT_*. An
+ * EOF without close_notify is an error: a close-delimited body cut by an
+ * attacker must not look complete. */
+static int tls_read(struct upstream *up)
+{
+	uint32_t room;
+	char *p = buf_tail(&up->in);
+	int n;
+
+	room = buf_tail_room(&up->in);
+	if (!room)
+		return 0;
+	ERR_clear_error();
+	n = SSL_read(up->ssl, p, room);
+	if (n > 0) {
+		buf_commit(&up->in, n);
+		return n;
+	}
+	switch (SSL_get_error(up->ssl, n)) {
+	case SSL_ERROR_WANT_READ:
+		up->rd_ready = 0;
+		return 0;
+	case SSL_ERROR_WANT_WRITE:
+		up->wr_ready = 0;
+		return 0;
+	case SSL_ERROR_ZERO_RETURN:
+		up->eof = 1;
+		up->rd_ready = 0;
+		return -1;
+	default:
+		ERR_clear_error();
+		up->eof = up->err = 1;
+		up->rd_ready = 0;
+		return -1;
+	}
+}
+
+static int tls_write(struct upstream *up)
+{
+	int n;
+
+	if (!buf_len(&up->out))
+		return 0;
+	ERR_clear_error();
+	n = SSL_write(up->ssl, buf_ptr(&up->out), buf_len(&up->out));
+	if (n > 0) {
+		buf_consume(&up->out, n);
+		return n;
+	}
+	switch (SSL_get_error(up->ssl, n)) {
+	case SSL_ERROR_WANT_WRITE:
+		up->wr_ready = 0;
+		return 0;
+	case SSL_ERROR_WANT_READ:
+		up->rd_ready = 0;
+		return 0;
+	default:
+		ERR_clear_error();
+		return -1;
+	}
 }
 
 /* Flushes the client's output. Returns 1 if bytes moved. On a write error
@@ -501,33 +584,87 @@ static void client_error(struct client *cl, int status, const char *reason)
 
 /* ---- upstream connections ------------------------------------------------ */
 
+static void upstream_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events);
+
+/* The signer closes a wait fd once its signature is done, which also takes it
+ * out of epoll: forget it then; never close it ourselves. */
+static void upstream_forget_async(struct upstream *up)
+{
+	if (up->async_ev.fd >= 0 && !SSL_waiting_for_async(up->ssl))
+		up->async_ev.fd = -1;
+}
+
+/* Registers the wait fd of a paused handshake (SSL_ERROR_WANT_ASYNC). */
+static void upstream_watch_async(struct upstream *up)
+{
+	OSSL_ASYNC_FD fd;
+	size_t n = 0;
+
+	if (!SSL_get_all_async_fds(up->ssl, NULL, &n) || n != 1 ||
+	    !SSL_get_all_async_fds(up->ssl, &fd, &n))
+		return;
+	if (fd == up->async_ev.fd)
+		return;
+	up->async_ev.fd = fd;
+	up->async_ev.cb = upstream_async_cb;
+	ev_fd_add(px.loop, &up->async_ev, EPOLLIN);
+}
+
 static void upstream_close(struct upstream *up)
 {
 	if (up->closed)
 		return;
-	up->closed = 1;
-	ev_timer_del(px.loop, &up->tmr);
-	if (up->state == UP_IDLE && up->rt->pool_len) {
-		up->rt->pool_len--;
-	}
-	list_del(&up->link);
-	ev_fd_close(px.loop, &up->ev);
 	if (up->cl && up->cl->up == up)
 		up->cl->up = NULL;
+	if (up->ssl && SSL_waiting_for_async(up->ssl) && up->state != UP_ORPHAN && up->cl) {
+		/* a signature is pending on the signer: its job must be resumed
+		 * once more before the connection can be freed */
+		up->state = UP_ORPHAN;
+		up->hold = up->cl->cfg;
+		cfg_get(up->hold);
+		up->cl = NULL;
+		ev_timer_del(px.loop, &up->tmr);
+		list_del(&up->link);
+		list_add_tail(&px.orphans, &up->link);
+		return;
+	}
+	up->closed = 1;
+	ev_timer_del(px.loop, &up->tmr);
+	if (up->state == UP_IDLE) {
+		if (up->ssl)
+			up->rt->pool_tls_len--;
+		else
+			up->rt->pool_len--;
+	}
+	list_del(&up->link);
+	if (up->ssl) {
+		if (SSL_is_init_finished(up->ssl))
+			SSL_shutdown(up->ssl); /* close_notify, best effort */
+		SSL_free(up->ssl);
+		up->ssl = NULL;
+		ERR_clear_error();
+	}
+	ev_fd_close(px.loop, &up->ev);
+	if (up->hold) {
+		cfg_put(up->hold);
+		up->hold = NULL;
+	}
 	up->cl = NULL;
 	list_add_tail(&px.graveyard_up, &up->link);
 }
 
 /* Closes every idle connection of a server (its server left the
  * configuration, or we are stopping). */
+static void pool_drain_list(struct list *pool)
+{
+	while (!list_empty(pool))
+		upstream_close(container_of(pool->next, struct upstream, link));
+}
+
 static void pool_drain(struct server_rt *rt)
 {
-	while (!list_empty(&rt->pool)) {
-		struct upstream *up = container_of(rt->pool.next, struct upstream, link);
-
-		upstream_close(up);
-	}
-	rt->pool_len = 0;
+	pool_drain_list(&rt->pool);
+	pool_drain_list(&rt->pool_tls);
 }
 
 /* Gives the client's upstream back to its pool if it can carry another
@@ -541,7 +678,9 @@ static void upstream_release(struct client *cl, int reusable)
 	cl->up = NULL;
 	up->cl = NULL;
 	if (!reusable || up->err || up->eof || buf_len(&up->in) || buf_len(&up->out) ||
-	    cl->cfg != px.cfg || px.stopping || up->rt->pool_len >= CONFIG_UPSTREAM_POOL_MAX) {
+	    up->state != UP_ACTIVE || cl->cfg != px.cfg || px.stopping ||
+	    (up->ssl ? up->rt->pool_tls_len : up->rt->pool_len) >= CONFIG_UPSTREAM_POOL_MAX ||
+	    (up->ssl && !tls_identity_up(cl->farm))) {
 		upstream_close(up);
 		return;
 	}
@@ -549,8 +688,13 @@ static void upstream_release(struct client *cl, int reusable)
 	up->reused = 1;
 	up->sent_any = 0;
 	up->last_io_ms = px.loop->now_ms;
-	list_add(&up->rt->pool, &up->link);
-	up->rt->pool_len++;
+	if (up->ssl) {
+		list_add(&up->rt->pool_tls, &up->link);
+		up->rt->pool_tls_len++;
+	} else {
+		list_add(&up->rt->pool, &up->link);
+		up->rt->pool_len++;
+	}
 	upstream_arm_timer(up);
 }
 
@@ -568,15 +712,18 @@ static struct upstream *upstream_new(struct client *cl, struct server *srv)
 	up->rt = srv->rt;
 	up->cl = cl;
 	up->ev.cb = upstream_io_cb;
+	up->async_ev.fd = -1;
 	up->last_io_ms = px.loop->now_ms;
-	snprintf(up->name, sizeof(up->name), "%s:%u", srv->address, srv->http_port);
+	snprintf(up->name, sizeof(up->name), "%s:%u", srv->address,
+		 (unsigned int)(cl->up_tls ? srv->https_port : srv->http_port));
 
 	fd = socket(srv->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		goto fail_buf;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	up->ev.fd = fd;
-	if (connect(fd, (const struct sockaddr *)&srv->addr, srv->addrlen) == 0) {
+	if (connect(fd, (const struct sockaddr *)(cl->up_tls ? &srv->tls_addr : &srv->addr),
+		    srv->addrlen) == 0) {
 		up->state = UP_ACTIVE;
 	} else if (errno == EINPROGRESS) {
 		up->state = UP_CONNECTING;
@@ -585,9 +732,20 @@ static struct upstream *upstream_new(struct client *cl, struct server *srv)
 		goto fail_fd;
 	}
 	up->wr_ready = 1;
+	if (cl->up_tls) {
+		up->ssl = tls_conn_new(cl->farm, srv, fd);
+		if (!up->ssl)
+			goto fail_fd;
+		up->ident = cl->farm->tls->ident;
+		if (up->state == UP_ACTIVE)
+			up->state = UP_HANDSHAKE;
+	}
 	if (ev_fd_add(px.loop, &up->ev, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) == -1)
-		goto fail_fd;
+		goto fail_ssl;
 	return up;
+
+fail_ssl:
+	SSL_free(up->ssl);
 
 fail_fd:
 	close(fd);
@@ -602,13 +760,17 @@ fail_buf:
 static struct upstream *upstream_get(struct client *cl, struct server *srv, int fresh)
 {
 	struct server_rt *rt = srv->rt;
+	struct list *pool = cl->up_tls ? &rt->pool_tls : &rt->pool;
+	unsigned int *pool_len = cl->up_tls ? &rt->pool_tls_len : &rt->pool_len;
 
-	while (!fresh && cl->farm->protocol.keep_alive && !list_empty(&rt->pool)) {
-		struct upstream *up = container_of(rt->pool.next, struct upstream, link);
+	while (!fresh && cl->farm->protocol.keep_alive && !list_empty(pool)) {
+		struct upstream *up = container_of(pool->next, struct upstream, link);
 
 		list_del(&up->link);
-		rt->pool_len--;
-		if (up->eof || up->err || up->rdhup) {
+		(*pool_len)--;
+		up->state = UP_ACTIVE; /* out of the pool: closing must not count it */
+		if (up->eof || up->err || up->rdhup ||
+		    (up->ssl && up->ident != cl->farm->tls->ident)) {
 			upstream_close(up);
 			continue;
 		}
@@ -950,9 +1112,16 @@ static void handle_request(struct client *cl)
 	}
 
 	cl->farm = res.farm;
+	cl->up_tls = res.https;
 	if (!cl->farm->enabled) {
 		cl->reason = "farm offline";
 		local_response(cl, 503, NULL, NULL, NULL);
+		return;
+	}
+	if (cl->up_tls && !tls_identity_up(cl->farm)) {
+		/* fail closed: the token holding this farm's key is gone */
+		cl->reason = "client identity unavailable";
+		local_response(cl, 502, NULL, NULL, NULL);
 		return;
 	}
 	if (res.url_len + 1 > cl->url_cap) {
@@ -1251,7 +1420,8 @@ static void request_done(struct client *cl)
 
 		if (cl->srv)
 			snprintf(srvname, sizeof(srvname), "%s:%u", cl->srv->address,
-				 cl->srv->http_port);
+				 (unsigned int)(cl->up_tls ? cl->srv->https_port
+							   : cl->srv->http_port));
 		log_access("%s:%s \"%s\" \"%s\" %d %" PRIu64 " farm=%s server=%s time=%" PRIu64
 			   "ms%s%s",
 			   cl->ip, cl->port, cl->host, cl->reqline[0] ? cl->reqline : "-",
@@ -1433,7 +1603,7 @@ static int upstream_write(struct client *cl, struct upstream *up)
 
 	if (!up->wr_ready || !buf_len(&up->out))
 		return 0;
-	n = sock_write(up->ev.fd, &up->out, &up->wr_ready);
+	n = up->ssl ? tls_write(up) : sock_write(up->ev.fd, &up->out, &up->wr_ready);
 	if (n > 0) {
 		up->sent_any = 1;
 		cl->up_sent += n;
@@ -1449,7 +1619,8 @@ static int upstream_read(struct client *cl, struct upstream *up)
 
 	if (!up->rd_ready || up->eof)
 		return 0;
-	n = sock_read(up->ev.fd, &up->in, &up->rd_ready, up->rdhup, &up->eof, &up->err);
+	n = up->ssl ? tls_read(up)
+		    : sock_read(up->ev.fd, &up->in, &up->rd_ready, up->rdhup, &up->eof, &up->err);
 	if (n > 0) {
 		cl->up_recv += n;
 		up->last_io_ms = px.loop->now_ms;
@@ -1718,6 +1889,46 @@ static void client_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 	client_pump(cl);
 }
 
+/* Drives an upstream TLS handshake. Returns 1 when done, 0 while it waits
+ * (socket or signer), -1 after it failed (the request was answered or
+ * retried: the caller must not touch cl's upstream again). */
+static int upstream_handshake(struct client *cl, struct upstream *up)
+{
+	int r;
+
+	ERR_clear_error();
+	r = SSL_do_handshake(up->ssl);
+	upstream_forget_async(up);
+	if (r == 1) {
+		/* signatures are done: later reads and writes need no ASYNC jobs */
+		SSL_clear_mode(up->ssl, SSL_MODE_ASYNC);
+		up->state = UP_ACTIVE;
+		up->last_io_ms = px.loop->now_ms;
+		return 1;
+	}
+	switch (SSL_get_error(up->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		up->rd_ready = 0;
+		return 0;
+	case SSL_ERROR_WANT_WRITE:
+		up->wr_ready = 0;
+		return 0;
+	case SSL_ERROR_WANT_ASYNC:
+		upstream_watch_async(up);
+		return 0;
+	default: {
+		snprintf(cl->reason_buf, sizeof(cl->reason_buf), "%s",
+			 tls_failure_reason(up->ssl, cl->farm));
+		if (!tls_identity_up(cl->farm))
+			cl->retried = 1; /* every server would need the same token */
+		upstream_failed(cl, 502, cl->reason_buf);
+		if (!cl->closed)
+			client_pump(cl);
+		return -1;
+	}
+	}
+}
+
 static void upstream_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 {
 	struct upstream *up = container_of(w, struct upstream, ev);
@@ -1730,10 +1941,25 @@ static void upstream_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t event
 		up->rdhup = 1;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		up->wr_ready = 1;
+	if (up->state == UP_ORPHAN)
+		return; /* only its wait fd matters */
 	if (up->state == UP_IDLE || !cl) {
-		/* an idle backend connection closed or spoke unasked: drop it */
-		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-			upstream_close(up);
+		/* an idle backend connection closed or spoke unasked: drop it;
+		 * on TLS, a post-handshake message (a session ticket) is fine */
+		if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+			return;
+		if (up->ssl && !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+			char c;
+			int n;
+
+			ERR_clear_error();
+			n = SSL_read(up->ssl, &c, 1);
+			if (n <= 0 && SSL_get_error(up->ssl, n) == SSL_ERROR_WANT_READ) {
+				up->rd_ready = 0;
+				return;
+			}
+		}
+		upstream_close(up);
 		return;
 	}
 	if (up->state == UP_CONNECTING) {
@@ -1752,10 +1978,34 @@ static void upstream_io_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t event
 				client_pump(cl);
 			return;
 		}
-		up->state = UP_ACTIVE;
+		up->state = up->ssl ? UP_HANDSHAKE : UP_ACTIVE;
 		up->last_io_ms = px.loop->now_ms;
 	}
+	if (up->state == UP_HANDSHAKE && upstream_handshake(cl, up) < 0)
+		return;
 	client_pump(cl);
+}
+
+/* The signer finished a signature a paused handshake waits for. */
+static void upstream_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	struct upstream *up = container_of(w, struct upstream, async_ev);
+
+	(void)loop;
+	(void)events;
+	if (up->state == UP_ORPHAN) {
+		/* resume the job so it completes, then let the connection go */
+		ERR_clear_error();
+		SSL_do_handshake(up->ssl);
+		upstream_forget_async(up);
+		if (!SSL_waiting_for_async(up->ssl)) {
+			up->state = UP_ACTIVE;
+			upstream_close(up);
+		}
+		return;
+	}
+	if (up->state == UP_HANDSHAKE && up->cl && upstream_handshake(up->cl, up) == 1)
+		client_pump(up->cl);
 }
 
 static void client_timer_cb(struct ev_loop *loop, struct ev_timer *t)
@@ -1804,8 +2054,9 @@ static void upstream_timer_cb(struct ev_loop *loop, struct ev_timer *t)
 		return;
 	}
 	upstream_failed(cl, 504,
-			up->state == UP_CONNECTING ? "backend connect timeout"
-						   : "backend response timeout");
+			up->state == UP_CONNECTING  ? "backend connect timeout"
+			: up->state == UP_HANDSHAKE ? "TLS handshake timeout"
+						    : "backend response timeout");
 	if (!cl->closed)
 		client_pump(cl);
 }
@@ -2006,6 +2257,7 @@ int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errl
 	list_init(&px.clients);
 	list_init(&px.graveyard_cl);
 	list_init(&px.graveyard_up);
+	list_init(&px.orphans);
 	ev_timer_init(&accept_pause, accept_resume_cb);
 	loop->post_batch = post_batch_check;
 	if (lb_attach(cfg) == -1) {
@@ -2129,11 +2381,38 @@ void proxy_free(void)
 				if (px.cfg->farms[i].servers[j].rt)
 					pool_drain(px.cfg->farms[i].servers[j].rt);
 	}
+	while (!list_empty(&px.orphans)) {
+		/* exit: nothing will resume their jobs; OpenSSL frees them */
+		struct upstream *up = container_of(px.orphans.next, struct upstream, link);
+
+		up->state = UP_ACTIVE;
+		upstream_close(up);
+	}
 	post_batch(px.loop);
 	ev_timer_del(px.loop, &accept_pause);
 	if (px.cfg)
 		cfg_put(px.cfg);
 	px.cfg = NULL;
+}
+
+void proxy_token_state(struct fg_token *tok, int up)
+{
+	unsigned int i, j;
+
+	if (up || !px.cfg)
+		return;
+	/* fail closed: no request may ride on a connection or a session made
+	 * with an identity whose token is gone */
+	for (i = 0; i < px.cfg->nfarms; i++) {
+		struct farm *f = &px.cfg->farms[i];
+
+		if (!f->tls || f->tls->token != tok)
+			continue;
+		for (j = 0; j < f->nservers; j++)
+			if (f->servers[j].rt)
+				pool_drain_list(&f->servers[j].rt->pool_tls);
+	}
+	tls_forget_sessions(px.cfg, tok);
 }
 
 struct config *proxy_config(void)

@@ -24,6 +24,12 @@ unsigned int proxy_shutdown(void);
 /* Closes everything and releases the current generation. */
 void proxy_free(void);
 
+struct fg_token;
+
+/* A token went down (up = 0) or came back: farms using it fail closed while
+ * it is down (their pooled TLS connections and sessions are dropped). */
+void proxy_token_state(struct fg_token *tok, int up);
+
 /* The generation new requests use. */
 struct config *proxy_config(void);
 

@@ -1,0 +1,559 @@
+/* Upstream TLS: farms' client contexts with token identities, backend verification,
+ * session resumption per server, and the registry of open tokens. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <openssl/x509v3.h>
+
+#include "key.h"
+#include "lb.h"
+#include "log.h"
+#include "p11.h"
+#include "tls.h"
+
+#define DEFAULT_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
+
+struct module_ref {
+	struct list link;
+	char *path;
+	struct p11_module *mod;
+};
+
+static struct {
+	struct ev_loop *loop;
+	tls_token_cb cb;
+	struct list tokens;  /* struct fg_token */
+	struct list modules; /* struct module_ref */
+	int inited;
+	int idx_srv;   /* SSL ex data: struct server * (verification) */
+	int idx_rt;    /* SSL ex data: struct server_rt * (session store) */
+	int idx_ident; /* SSL ex data: the identity the session carries */
+} T;
+
+static void tls_once(void)
+{
+	if (T.inited)
+		return;
+	T.inited = 1;
+	list_init(&T.tokens);
+	list_init(&T.modules);
+	T.idx_srv = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	T.idx_rt = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	T.idx_ident = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* ---- tokens ------------------------------------------------------------- */
+
+static void token_state_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	struct fg_token *t = container_of(w, struct fg_token, state_ev);
+
+	(void)loop;
+	(void)events;
+	signer_state_ack(t->signer);
+	if (T.cb)
+		T.cb(t, signer_is_up(t->signer));
+}
+
+static struct p11_module *module_get(const char *path, char *err, size_t errlen)
+{
+	struct list *pos, *tmp;
+	struct module_ref *m;
+
+	list_for_each_safe(pos, tmp, &T.modules)
+	{
+		m = container_of(pos, struct module_ref, link);
+		if (!strcmp(m->path, path))
+			return m->mod;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m || !(m->path = strdup(path))) {
+		free(m);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	m->mod = p11_module_load(path, err, errlen);
+	if (!m->mod) {
+		free(m->path);
+		free(m);
+		return NULL;
+	}
+	list_add_tail(&T.modules, &m->link);
+	return m->mod;
+}
+
+static int same_token(const struct fg_token *t, const struct token_cfg *tc)
+{
+	return !strcmp(t->name, tc->name) && !strcmp(t->module, tc->module) &&
+	       !strcmp(t->uri, tc->uri) && !strcmp(t->pin_file, tc->pin_file);
+}
+
+static void token_free(struct fg_token *t)
+{
+	if (t->signer) {
+		if (T.loop && t->state_ev.fd >= 0)
+			epoll_ctl(T.loop->epfd, EPOLL_CTL_DEL, t->state_ev.fd, NULL);
+		signer_free(t->signer); /* closes the token and its eventfd */
+	}
+	free(t->name);
+	free(t->module);
+	free(t->uri);
+	free(t->pin_file);
+	free(t);
+}
+
+/* Opens, logs in and starts the signer of one configured token, or returns
+ * the one already open. The PIN is read from its file, used once, wiped. */
+static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, char *err,
+				  size_t errlen)
+{
+	struct list *pos, *tmp;
+	struct fg_token *t;
+	struct p11_module *mod;
+	struct p11_token *tok;
+	struct p11_uri uri;
+	char pin[256], e[512];
+
+	list_for_each_safe(pos, tmp, &T.tokens)
+	{
+		t = container_of(pos, struct fg_token, link);
+		if (same_token(t, tc))
+			return t;
+	}
+	if (p11_uri_parse(tc->uri, &uri, e, sizeof(e)) == -1) {
+		snprintf(err, errlen, "$.tokens[%u].uri: %s", i, e);
+		return NULL;
+	}
+	if (p11_pin_file_read(tc->pin_file, pin, sizeof(pin), e, sizeof(e)) == -1) {
+		snprintf(err, errlen, "$.tokens[%u].pinFile: %s", i, e);
+		return NULL;
+	}
+	mod = module_get(tc->module, e, sizeof(e));
+	if (!mod) {
+		OPENSSL_cleanse(pin, sizeof(pin));
+		snprintf(err, errlen, "$.tokens[%u].module: %s", i, e);
+		return NULL;
+	}
+	tok = p11_token_open(mod, &uri, e, sizeof(e));
+	if (!tok) {
+		OPENSSL_cleanse(pin, sizeof(pin));
+		snprintf(err, errlen, "$.tokens[%u].uri: %s", i, e);
+		return NULL;
+	}
+	if (p11_token_login(tok, pin, e, sizeof(e)) == -1) {
+		OPENSSL_cleanse(pin, sizeof(pin));
+		p11_token_close(tok);
+		snprintf(err, errlen, "$.tokens[%u]: token %s: %s", i, tc->name, e);
+		return NULL;
+	}
+	OPENSSL_cleanse(pin, sizeof(pin));
+	t = calloc(1, sizeof(*t));
+	if (!t || !(t->name = strdup(tc->name)) || !(t->module = strdup(tc->module)) ||
+	    !(t->uri = strdup(tc->uri)) || !(t->pin_file = strdup(tc->pin_file))) {
+		p11_token_close(tok);
+		if (t)
+			token_free(t);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	t->mod = mod;
+	t->state_ev.fd = -1;
+	t->signer = signer_new(tc->name, tok, e, sizeof(e));
+	if (!t->signer) {
+		p11_token_close(tok);
+		token_free(t);
+		snprintf(err, errlen, "$.tokens[%u]: %s", i, e);
+		return NULL;
+	}
+	if (T.loop) {
+		t->state_ev.fd = signer_event_fd(t->signer);
+		t->state_ev.cb = token_state_cb;
+		ev_fd_add(T.loop, &t->state_ev, EPOLLIN);
+	}
+	list_add_tail(&T.tokens, &t->link);
+	LOGI("token %s (%s) open and logged in", tc->name, tc->uri);
+	return t;
+}
+
+/* ---- identity lookup, on the signer thread ---------------------------- */
+
+struct identity_job {
+	const unsigned char *thumb;
+	size_t thumb_len;
+	X509 *cert;
+	EVP_PKEY *pkey;
+	int can_pss;
+	char err[512];
+};
+
+static int identity_lookup(struct p11_token *tok, void *arg)
+{
+	struct identity_job *j = arg;
+	struct p11_cert c;
+	CK_OBJECT_HANDLE key;
+
+	memset(&c, 0, sizeof(c));
+	if (p11_cert_find(tok, j->thumb, j->thumb_len, &c, j->err, sizeof(j->err)) == -1)
+		return -1;
+	if (p11_key_find_for_cert(tok, &c, &key, j->err, sizeof(j->err)) == -1) {
+		X509_free(c.x509);
+		return -1;
+	}
+	j->pkey = hsm_key_new(tok, key, c.x509, j->err, sizeof(j->err));
+	if (!j->pkey) {
+		X509_free(c.x509);
+		return -1;
+	}
+	j->cert = c.x509;
+	j->can_pss = hsm_key_can_pss(hsm_key_of(j->pkey));
+	return 0;
+}
+
+/* ---- sessions and verification ----------------------------------------- */
+
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	struct server_rt *rt = SSL_get_ex_data(ssl, T.idx_rt);
+
+	if (!rt)
+		return 0;
+	if (rt->tls_session)
+		SSL_SESSION_free(rt->tls_session);
+	rt->tls_session = sess; /* we keep the reference OpenSSL gives us */
+	rt->tls_session_ident = (uint64_t)(uintptr_t)SSL_get_ex_data(ssl, T.idx_ident);
+	return 1;
+}
+
+void tls_session_free(void *sess)
+{
+	SSL_SESSION_free(sess);
+}
+
+/* With a pin, the backend's exact certificate is trusted instead of the CA
+ * chain and the name: the leaf's SHA-256 must equal the pin. */
+static int verify_cb(int ok, X509_STORE_CTX *xs)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+	const struct server *srv = ssl ? SSL_get_ex_data(ssl, T.idx_srv) : NULL;
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	X509 *leaf;
+
+	if (!srv || !srv->has_cert_pin)
+		return ok;
+	if (X509_STORE_CTX_get_error_depth(xs) > 0)
+		return 1;
+	leaf = X509_STORE_CTX_get_current_cert(xs);
+	if (!leaf || !X509_digest(leaf, EVP_sha256(), md, &mdlen) || mdlen != 32 ||
+	    memcmp(md, srv->cert_pin, 32)) {
+		X509_STORE_CTX_set_error(xs, X509_V_ERR_CERT_REJECTED);
+		return 0;
+	}
+	X509_STORE_CTX_set_error(xs, X509_V_OK);
+	return 1;
+}
+
+static uint64_t ident_of(const char *token, const unsigned char *thumb, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a: a tag, not a secret */
+	size_t i;
+
+	for (i = 0; token && token[i]; i++)
+		h = (h ^ (unsigned char)token[i]) * 1099511628211ULL;
+	for (i = 0; i < n; i++)
+		h = (h ^ thumb[i]) * 1099511628211ULL;
+	return h ? h : 1;
+}
+
+/* ---- farms' contexts -------------------------------------------------- */
+
+static void farm_tls_free(struct farm_tls *ft)
+{
+	if (!ft)
+		return;
+	if (ft->token && ft->pkey)
+		signer_unbind_key(ft->token->signer, ft->pkey);
+	SSL_CTX_free(ft->ctx);
+	EVP_PKEY_free(ft->pkey);
+	X509_free(ft->cert);
+	free(ft);
+}
+
+static struct fg_token *farm_token(struct config *cfg, const struct farm *f, char *err,
+				   size_t errlen, unsigned int fi)
+{
+	const char *name = f->protocol.client_cert_token;
+	unsigned int i;
+
+	for (i = 0; i < cfg->ntokens; i++)
+		if (!name || !strcmp(cfg->tokens[i].name, name)) {
+			struct fg_token *t = token_get(&cfg->tokens[i], i, err, errlen);
+
+			if (!t)
+				return NULL;
+			return t;
+		}
+	snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertToken: no such token", fi);
+	return NULL;
+}
+
+static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, char *err,
+			size_t errlen)
+{
+	const char *ca =
+		f->protocol.backend_ca_file ? f->protocol.backend_ca_file : DEFAULT_CA_FILE;
+	struct farm_tls *ft = calloc(1, sizeof(*ft));
+	unsigned char thumb[32];
+	size_t thumb_len = 0;
+	char e[512];
+
+	if (!ft) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	f->tls = ft;
+	ft->ctx = SSL_CTX_new(TLS_client_method());
+	if (!ft->ctx) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	SSL_CTX_set_min_proto_version(ft->ctx, TLS1_2_VERSION);
+	SSL_CTX_set_mode(ft->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+					  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+					  SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_verify(ft->ctx, SSL_VERIFY_PEER, verify_cb);
+	if (SSL_CTX_load_verify_locations(ft->ctx, ca, NULL) != 1) {
+		snprintf(err, errlen, "$.webFarms[%u].protocol.backendCaFile: cannot load \"%s\"",
+			 fi, ca);
+		ERR_clear_error();
+		return -1;
+	}
+	SSL_CTX_set_session_cache_mode(ft->ctx,
+				       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ft->ctx, new_session_cb);
+
+	if (f->protocol.client_cert_hash) {
+		struct identity_job job;
+		unsigned int i;
+
+		if (p11_thumbprint_parse(f->protocol.client_cert_hash, thumb, &thumb_len, e,
+					 sizeof(e)) == -1) {
+			snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertHash: %s", fi, e);
+			return -1;
+		}
+		ft->token = farm_token(cfg, f, err, errlen, fi);
+		if (!ft->token)
+			return -1;
+		memset(&job, 0, sizeof(job));
+		job.thumb = thumb;
+		job.thumb_len = thumb_len;
+		if (signer_call(ft->token->signer, identity_lookup, &job) != 0) {
+			snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertHash: %s", fi,
+				 job.err[0] ? job.err : "the token is not available");
+			return -1;
+		}
+		ft->pkey = job.pkey;
+		ft->cert = job.cert;
+		{
+			unsigned char md[20];
+			unsigned int n = 0;
+
+			X509_digest(ft->cert, EVP_sha1(), md, &n);
+			for (i = 0; i < n && i < 20; i++)
+				snprintf(ft->sha1 + 2 * i, 3, "%02X", md[i]);
+		}
+		if (SSL_CTX_use_certificate(ft->ctx, ft->cert) != 1 ||
+		    SSL_CTX_use_PrivateKey(ft->ctx, ft->pkey) != 1) {
+			snprintf(err, errlen,
+				 "$.webFarms[%u].protocol.clientCertHash: OpenSSL refused the "
+				 "certificate or its token key: %s",
+				 fi, ERR_reason_error_string(ERR_peek_last_error()));
+			ERR_clear_error();
+			return -1;
+		}
+		if (signer_bind_key(ft->token->signer, ft->pkey, &ft->stats) == -1) {
+			snprintf(err, errlen,
+				 "$.webFarms[%u].protocol.clientCertHash: not a token key", fi);
+			return -1;
+		}
+		if (EVP_PKEY_get_base_id(ft->pkey) == EVP_PKEY_RSA && !job.can_pss) {
+			/* TLS 1.3 needs RSA-PSS signatures; this token cannot make them */
+			ft->tls12_only = 1;
+			SSL_CTX_set_max_proto_version(ft->ctx, TLS1_2_VERSION);
+			LOGI("farm %s: token %s cannot make RSA-PSS signatures: TLS 1.2 only",
+			     f->name, ft->token->name);
+		}
+	}
+	ft->ident = ident_of(ft->token ? ft->token->name : "", thumb, thumb_len);
+	return 0;
+}
+
+void tls_init(struct ev_loop *loop, tls_token_cb cb)
+{
+	tls_once();
+	T.loop = loop;
+	T.cb = cb;
+}
+
+int tls_prepare(struct config *cfg, char *err, size_t errlen)
+{
+	unsigned int i;
+
+	tls_once();
+	for (i = 0; i < cfg->nfarms; i++)
+		if (farm_prepare(cfg, &cfg->farms[i], i, err, errlen) == -1)
+			return -1; /* the caller frees cfg, and with it what was built */
+	cfg->tls_prepared = 1;
+	return 0;
+}
+
+void tls_config_free(struct config *cfg)
+{
+	unsigned int i;
+
+	for (i = 0; i < cfg->nfarms; i++) {
+		farm_tls_free(cfg->farms[i].tls);
+		cfg->farms[i].tls = NULL;
+	}
+}
+
+void tls_shutdown(void)
+{
+	struct list *pos, *tmp;
+
+	if (!T.inited)
+		return;
+	list_for_each_safe(pos, tmp, &T.tokens)
+	{
+		struct fg_token *t = container_of(pos, struct fg_token, link);
+
+		list_del(&t->link);
+		token_free(t);
+	}
+	list_for_each_safe(pos, tmp, &T.modules)
+	{
+		struct module_ref *m = container_of(pos, struct module_ref, link);
+
+		list_del(&m->link);
+		p11_module_unload(m->mod);
+		free(m->path);
+		free(m);
+	}
+}
+
+int tls_identity_up(const struct farm *f)
+{
+	return !f->tls || !f->tls->token || signer_is_up(f->tls->token->signer);
+}
+
+SSL *tls_conn_new(struct farm *f, struct server *srv, int fd)
+{
+	struct farm_tls *ft = f->tls;
+	struct server_rt *rt = srv->rt;
+	const char *name = srv->host_name ? srv->host_name : srv->address;
+	unsigned char ip[16];
+	SSL *ssl = SSL_new(ft->ctx);
+
+	if (!ssl)
+		return NULL;
+	SSL_set_fd(ssl, fd);
+	SSL_set_connect_state(ssl);
+	SSL_set_ex_data(ssl, T.idx_srv, srv);
+	SSL_set_ex_data(ssl, T.idx_rt, rt);
+	SSL_set_ex_data(ssl, T.idx_ident, (void *)(uintptr_t)ft->ident);
+	if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1) {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
+	} else {
+		SSL_set_tlsext_host_name(ssl, name);
+		SSL_set1_host(ssl, name);
+	}
+	if (rt->tls_session && rt->tls_session_ident == ft->ident)
+		SSL_set_session(ssl, rt->tls_session);
+	if (ft->token)
+		SSL_set_mode(ssl, SSL_MODE_ASYNC); /* signatures run on the signer */
+	return ssl;
+}
+
+const char *tls_failure_reason(SSL *ssl, const struct farm *f)
+{
+	static char buf[256];
+	long v = SSL_get_verify_result(ssl);
+	unsigned long e = ERR_peek_last_error();
+
+	if (f->tls && f->tls->token && !signer_is_up(f->tls->token->signer)) {
+		ERR_clear_error();
+		return "client identity unavailable";
+	}
+	if (v != X509_V_OK) {
+		snprintf(buf, sizeof(buf), "backend certificate rejected: %s",
+			 X509_verify_cert_error_string(v));
+	} else if (e) {
+		snprintf(buf, sizeof(buf), "TLS handshake failed: %s",
+			 ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "unknown");
+	} else {
+		snprintf(buf, sizeof(buf), "TLS handshake failed: connection closed");
+	}
+	ERR_clear_error();
+	return buf;
+}
+
+void tls_forget_sessions(struct config *cfg, struct fg_token *tok)
+{
+	unsigned int i, j;
+
+	for (i = 0; i < cfg->nfarms; i++) {
+		struct farm *f = &cfg->farms[i];
+
+		if (!f->tls || f->tls->token != tok)
+			continue;
+		for (j = 0; j < f->nservers; j++) {
+			struct server_rt *rt = f->servers[j].rt;
+
+			if (rt && rt->tls_session) {
+				SSL_SESSION_free(rt->tls_session);
+				rt->tls_session = NULL;
+			}
+		}
+	}
+}
+
+void tls_log_stats(const struct config *cfg)
+{
+	struct list *pos, *tmp;
+	unsigned int i;
+
+	if (!T.inited)
+		return;
+	list_for_each_safe(pos, tmp, &T.tokens)
+	{
+		struct fg_token *t = container_of(pos, struct fg_token, link);
+		const struct sign_stats *st = signer_stats(t->signer);
+		unsigned long long n = atomic_load(&st->count);
+
+		LOGI("token %s: %llu signatures, %llu failed, average %llu us, max %llu us, %s",
+		     t->name, n, (unsigned long long)atomic_load(&st->errors),
+		     n ? (unsigned long long)atomic_load(&st->total_us) / n : 0ULL,
+		     (unsigned long long)atomic_load(&st->max_us),
+		     signer_is_up(t->signer) ? "up" : "DOWN");
+	}
+	for (i = 0; cfg && i < cfg->nfarms; i++) {
+		const struct farm_tls *ft = cfg->farms[i].tls;
+		unsigned long long n;
+
+		if (!ft || !ft->token)
+			continue;
+		n = atomic_load(&ft->stats.count);
+		LOGI("farm %s: %llu token signatures, average %llu us, max %llu us (certificate "
+		     "%s on token %s)",
+		     cfg->farms[i].name, n,
+		     n ? (unsigned long long)atomic_load(&ft->stats.total_us) / n : 0ULL,
+		     (unsigned long long)atomic_load(&ft->stats.max_us), ft->sha1, ft->token->name);
+	}
+}
