@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/asn1.h>
@@ -36,7 +37,13 @@ struct p11_module {
 	int finalize;		  /* we initialised it: C_Finalize at the last unload */
 	pthread_rwlock_t lock;	  /* calls hold it shared, reinit exclusive */
 	unsigned long generation; /* bumped by every reinit (under lock) */
+	long long reinit_ms;	  /* CLOCK_MONOTONIC of the last reinit */
 };
+
+/* A token merely absent from a working slot list re-initialises the module
+ * at most this often: the reinit ends the sessions of every other token of
+ * the module too. */
+#define REINIT_ABSENT_MIN_MS 5000
 
 struct p11_token {
 	struct p11_module *m;
@@ -53,7 +60,7 @@ struct p11_token {
 	char pin[P11_PIN_MAX + 1];
 	size_t pin_len;
 	int have_pin;
-	int login_wanted; /* a log-in succeeded: recovery logs in again */
+	int login_wanted; /* a log-in was asked for: recovery logs in again */
 	int pin_failed;	  /* the token refused the PIN: never retried */
 	/* mechanism cache, per session */
 	CK_MECHANISM_TYPE *mechs;
@@ -350,14 +357,26 @@ void p11_module_unload(struct p11_module *m)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&modules_lock);
+	/* still under modules_lock: a concurrent load of the same file must
+	 * not initialise it between our unlinking and C_Finalize */
 	if (m->finalize)
 		m->f->C_Finalize(NULL);
-	dlclose(m->dl);
+	pthread_mutex_unlock(&modules_lock);
+	/* No dlclose(): modules that leave threads or atexit handlers behind
+	 * crash when unmapped, and a mapped module's own caches stay reachable
+	 * for leak checkers. A later load gets the same mapping back. */
 	pthread_rwlock_destroy(&m->lock);
 	free(m->path);
 	free(m->key);
 	free(m);
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int p11_module_reinit(struct p11_module *m)
@@ -368,6 +387,7 @@ int p11_module_reinit(struct p11_module *m)
 	pthread_rwlock_wrlock(&m->lock);
 	m->f->C_Finalize(NULL);
 	m->generation++;
+	m->reinit_ms = now_ms();
 	rv = module_initialize(m, &ours);
 	if (rv == CKR_OK)
 		m->finalize = 1; /* we own the initialisation now */
@@ -1163,6 +1183,9 @@ struct p11_token *p11_token_open(struct p11_module *m, const struct p11_uri *sel
 		goto err_unlock;
 	}
 	rd_unlock(m);
+	pthread_mutex_lock(&modules_lock);
+	m->refs++; /* the token keeps the module loaded */
+	pthread_mutex_unlock(&modules_lock);
 	return t;
 
 err_unlock:
@@ -1184,13 +1207,15 @@ void p11_token_close(struct p11_token *t)
 	if (!t)
 		return;
 	rd_lock(t->m);
-	if (session_ok(t)) {
-		t->m->f->C_Logout(t->session);
+	/* no C_Logout: the log-in state is shared by every session of this
+	 * process on the token (another p11_token may use it); closing the last
+	 * session ends it */
+	if (session_ok(t))
 		t->m->f->C_CloseSession(t->session);
-	}
 	rd_unlock(t->m);
 	forget_pin(t);
 	free(t->mechs);
+	p11_module_unload(t->m);
 	free(t);
 }
 
@@ -1233,6 +1258,7 @@ static int do_login(struct p11_token *t, const char *pin, size_t len, char *err,
 		       P11_PIN_MAX);
 		return -1;
 	}
+	t->login_wanted = 1;
 	rv = t->m->f->C_Login(t->session, CKU_USER, (CK_UTF8CHAR *)pin, pin ? len : 0);
 	if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) {
 		if (pin && pin != t->pin) {
@@ -1242,7 +1268,6 @@ static int do_login(struct p11_token *t, const char *pin, size_t len, char *err,
 			t->pin_len = len;
 		}
 		t->have_pin = pin != NULL;
-		t->login_wanted = 1;
 		t->pin_failed = 0;
 		return 0;
 	}
@@ -1322,6 +1347,16 @@ CK_RV p11_token_last_rv(const struct p11_token *t)
 	return t->last_rv;
 }
 
+/* 1 when t's session is in a user state already (another session of this
+ * process logged in: the log-in state is per token, not per session). */
+static int session_logged_in(struct p11_token *t)
+{
+	CK_SESSION_INFO si;
+
+	return t->m->f->C_GetSessionInfo(t->session, &si) == CKR_OK &&
+	       (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
+}
+
 int p11_token_recover(struct p11_token *t, char *err, size_t errlen)
 {
 	struct p11_module *m = t->m;
@@ -1349,6 +1384,14 @@ int p11_token_recover(struct p11_token *t, char *err, size_t errlen)
 			rd_unlock(m);
 			return -1;
 		}
+		/* absent from a slot list that works: maybe the module's view is
+		 * stale, but do not restart it (and end every other session) on
+		 * each attempt */
+		if (rv == CKR_TOKEN_NOT_PRESENT && m->reinit_ms &&
+		    now_ms() - m->reinit_ms < REINIT_ABSENT_MIN_MS) {
+			rd_unlock(m);
+			return -1;
+		}
 		/* the module's view is stale (or it was finalised): start it again */
 		rd_unlock(m);
 		r = p11_module_reinit(m);
@@ -1362,7 +1405,7 @@ int p11_token_recover(struct p11_token *t, char *err, size_t errlen)
 			return -1;
 		}
 	}
-	if (t->login_wanted) {
+	if (t->login_wanted && !session_logged_in(t)) {
 		if (t->pin_failed ||
 		    (!t->have_pin && !(t->flags & CKF_PROTECTED_AUTHENTICATION_PATH))) {
 			seterr(err, errlen,

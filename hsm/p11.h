@@ -29,7 +29,10 @@ struct p11_token;
  * Returns the module (release with p11_module_unload) or NULL with err. */
 struct p11_module *p11_module_load(const char *path, char *err, size_t errlen);
 
-/* Drops one reference; the last one calls C_Finalize and dlclose(). NULL ok. */
+/* Drops one reference; the last one calls C_Finalize (if this process's
+ * load initialised it). The library itself stays mapped (no dlclose():
+ * unsafe for modules that leave threads or atexit handlers, and it hides
+ * the module's caches from leak checkers). NULL ok. */
 void p11_module_unload(struct p11_module *m);
 
 /* C_Finalize + C_Initialize (after a device error, when the module's view of
@@ -133,16 +136,19 @@ int p11_token_init(struct p11_module *m, const char *label, const char *so_pin,
 /* Finds the first slot whose present, initialised token matches every
  * attribute of sel (token/slot/library ones; object/id/type are ignored)
  * and opens a R/W session (R/O if the token is write-protected). sel is
- * copied. Error example: "no token matches pkcs11:token=x (tokens present:
+ * copied; the token holds a reference on m until p11_token_close. Error example: "no token matches pkcs11:token=x (tokens present:
  * a, b)". Returns the token (p11_token_close) or NULL. */
 struct p11_token *p11_token_open(struct p11_module *m, const struct p11_uri *sel, char *err,
 				 size_t errlen);
 
-/* Logs out (ignoring errors), closes the session, wipes the stored PIN and
- * frees t. The module stays loaded. NULL ok. */
+/* Closes the session (no C_Logout: that would log out every other session
+ * of this process on the token), wipes the stored PIN, frees t and drops
+ * its reference on the module. NULL ok. */
 void p11_token_close(struct p11_token *t);
 
-/* C_Login as CKU_USER; CKR_USER_ALREADY_LOGGED_IN is success. pin may be
+/* C_Login as CKU_USER; CKR_USER_ALREADY_LOGGED_IN is success (another
+ * session of this process logged in: the token did not check this PIN
+ * then; PKCS#11 log-in state is per token and process). pin may be
  * NULL only on a token with a protected authentication path (PIN pad). On
  * success the PIN is copied into t, only so that p11_token_recover can log
  * in once after the token comes back. A wrong/locked/expired PIN is never
@@ -184,9 +190,12 @@ int p11_rv_is_token_lost(CK_RV rv);
 const char *p11_rv_name(CK_RV rv);
 
 /* After a lost token: closes the old session (errors ignored), re-initialises
- * the module when the slot list no longer has the token (or the module was
- * finalised), finds the token again by the same URI, opens a session and
- * logs in ONCE with the stored PIN (never when the PIN failed before).
+ * the module when the slot list fails or no longer has the token (the
+ * latter at most every 5 s: a reinit ends every session of the module),
+ * finds the token again by the same URI, opens a session and,
+ * if t had logged in and the new session is not logged in already (by
+ * another session of this process), logs in ONCE with the stored PIN
+ * (never when the token refused that PIN before).
  * Object handles from before must be looked up again (p11_key_refind).
  * Returns 0, or -1 (token still absent, login failed...) with err. */
 int p11_token_recover(struct p11_token *t, char *err, size_t errlen);
