@@ -47,7 +47,7 @@ TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 # Debian packages the build, the demo and the tests need.
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck procps iproute2 \
-	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl
+	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace
 
 .DEFAULT_GOAL := all
 .SECONDARY:

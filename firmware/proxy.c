@@ -1512,8 +1512,10 @@ static void upstream_failed(struct client *cl, int status, const char *reason)
 			lb_request_end(prev, 0, 0, 0, 0, px.loop->now_ms);
 			start_upstream(cl, NULL, prev, 1);
 		} else {
-			LOGW("%s:%s \"%s\" farm=%s server=%s:%u: %s; trying another server", cl->ip,
-			     cl->port, cl->reqline, cl->farm->name, prev->address, prev->http_port,
+			LOGW("%s:%s \"%s\" farm=%s server=%s:%u: %s; nothing was sent, so "
+			     "another server may take the request",
+			     cl->ip, cl->port, cl->reqline, cl->farm->name, prev->address,
+			     (unsigned int)(cl->up_tls ? prev->https_port : prev->http_port),
 			     reason);
 			lb_request_end(prev, 1, 0, 0, 0, px.loop->now_ms);
 			cl->srv = NULL;

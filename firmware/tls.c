@@ -51,6 +51,8 @@ static void tls_once(void)
 
 /* ---- tokens ------------------------------------------------------------- */
 
+static void token_watch(struct fg_token *t);
+
 static void token_state_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 {
 	struct fg_token *t = container_of(w, struct fg_token, state_ev);
@@ -172,11 +174,7 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 		snprintf(err, errlen, "$.tokens[%u]: %s", i, e);
 		return NULL;
 	}
-	if (T.loop) {
-		t->state_ev.fd = signer_event_fd(t->signer);
-		t->state_ev.cb = token_state_cb;
-		ev_fd_add(T.loop, &t->state_ev, EPOLLIN);
-	}
+	token_watch(t);
 	list_add_tail(&T.tokens, &t->link);
 	LOGI("token %s (%s) open and logged in", tc->name, tc->uri);
 	return t;
@@ -395,11 +393,27 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 	return 0;
 }
 
+/* Puts a token's state eventfd in the loop, so the proxy hears of faults. */
+static void token_watch(struct fg_token *t)
+{
+	if (!T.loop || t->state_ev.fd >= 0)
+		return;
+	t->state_ev.fd = signer_event_fd(t->signer);
+	t->state_ev.cb = token_state_cb;
+	if (ev_fd_add(T.loop, &t->state_ev, EPOLLIN) == -1)
+		LOGE("token %s: cannot watch its state: %s", t->name, strerror(errno));
+}
+
 void tls_init(struct ev_loop *loop, tls_token_cb cb)
 {
+	struct list *pos, *tmp;
+
 	tls_once();
 	T.loop = loop;
 	T.cb = cb;
+	/* tokens opened by the first tls_prepare, before the loop existed */
+	list_for_each_safe(pos, tmp, &T.tokens)
+		token_watch(container_of(pos, struct fg_token, link));
 }
 
 int tls_prepare(struct config *cfg, char *err, size_t errlen)
