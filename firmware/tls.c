@@ -385,6 +385,9 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 			/* TLS 1.3 needs RSA-PSS signatures; this token cannot make them */
 			ft->tls12_only = 1;
 			SSL_CTX_set_max_proto_version(ft->ctx, TLS1_2_VERSION);
+			/* and in TLS 1.2 sign with PKCS#1 v1.5, never PSS */
+			SSL_CTX_set1_client_sigalgs_list(ft->ctx,
+							 "RSA+SHA256:RSA+SHA384:RSA+SHA512");
 			LOGI("farm %s: token %s cannot make RSA-PSS signatures: TLS 1.2 only",
 			     f->name, ft->token->name);
 		}

@@ -262,6 +262,24 @@ def test_ec_key_tls12_and_tls13(env):
         "each farm's handshake needs a token signature: %s" % farms
 
 
+def test_token_without_pss_caps_farm_at_tls12(env):
+    """A token without raw RSA (so no RSA-PSS: TLS 1.3 impossible with its RSA key) caps the
+    farm at TLS 1.2 with a logged notice, and signs TLS 1.2 with PKCS#1 v1.5: the shim refuses
+    CKM_RSA_X_509 in C_SignInit, so any PSS attempt would fail the handshake."""
+    ca, tok, cert = identity(env, "rsa2048", "no-pss-appliance")
+    tok.use_shim()
+    tok.set_control("hide_mechanisms=CKM_RSA_X_509,CKM_RSA_PKCS_PSS\n")
+    users = {cert.sha1: "no-pss-appliance"}
+    ng = iis_backend(env, ca, users, name="any")  # offers TLS 1.2 and 1.3
+    fg = env.farmgated(tls_config(tok, [https_farm("nopss", ng.port, cert.sha1, ca.crt)]))
+    fg.wait_log(r"farm nopss: token \S+ cannot make RSA-PSS signatures: TLS 1.2 only", timeout=5)
+    for i in range(2):
+        assert_mapped(get(fg, "nopss", "/pkcs1-%d" % i), "no-pss-appliance",
+                      "RSA key on a token without PSS", proto="TLSv1.2")
+    toks, farms, _ = exit_stats(fg)
+    assert farms.get("nopss", 0) >= 1, "the handshake must have been signed on the token: %s" % farms
+
+
 # --------------------------------------------------------------------------
 # 3. thumbprint forms
 # --------------------------------------------------------------------------

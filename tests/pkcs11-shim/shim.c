@@ -128,6 +128,8 @@ struct control {
 	bool removed;
 	long pin_tries; /* <= 0: no lockout simulation */
 	bool reset_pin;
+	CK_MECHANISM_TYPE hidden[8]; /* mechanisms the token pretends not to have */
+	size_t nhidden;
 };
 
 /* Identity of one version of the control file, to skip re-reading an unchanged file. */
@@ -342,6 +344,56 @@ static bool parse_rv(const char *s, CK_RV *rv)
 	return true;
 }
 
+/* hide_mechanisms=CKM_RSA_X_509,CKM_RSA_PKCS_PSS (names or numbers): a token
+ * without raw RSA / PSS, as some smart cards and TPMs are. */
+static void parse_hidden(char *v, struct control *c)
+{
+	static const struct {
+		const char *name;
+		CK_MECHANISM_TYPE m;
+	} mechs[] = {
+		{"CKM_RSA_PKCS", CKM_RSA_PKCS},
+		{"CKM_RSA_X_509", CKM_RSA_X_509},
+		{"CKM_RSA_PKCS_PSS", CKM_RSA_PKCS_PSS},
+		{"CKM_ECDSA", CKM_ECDSA},
+	};
+	char *save = NULL;
+
+	c->nhidden = 0;
+	for (char *t = strtok_r(v, ", \t", &save); t && c->nhidden < 8;
+	     t = strtok_r(NULL, ", \t", &save)) {
+		size_t i;
+		char *end;
+		unsigned long n;
+
+		for (i = 0; i < sizeof(mechs) / sizeof(mechs[0]); i++)
+			if (!strcasecmp(t, mechs[i].name))
+				break;
+		if (i < sizeof(mechs) / sizeof(mechs[0])) {
+			c->hidden[c->nhidden++] = mechs[i].m;
+			continue;
+		}
+		errno = 0;
+		n = strtoul(t, &end, 0);
+		if (errno || end == t || *end)
+			warn("hide_mechanisms: unknown mechanism '%s' ignored", t);
+		else
+			c->hidden[c->nhidden++] = n;
+	}
+}
+
+static bool mech_hidden(CK_MECHANISM_TYPE m)
+{
+	bool hidden = false;
+
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < ctl.nhidden; i++)
+		if (ctl.hidden[i] == m)
+			hidden = true;
+	pthread_mutex_unlock(&lock);
+	return hidden;
+}
+
 static int find_fn(const char *name)
 {
 	for (int i = 0; i < FN_COUNT; i++)
@@ -454,6 +506,8 @@ static void parse_line(char *line, struct control *c, const char *path, int line
 			c->pin_tries = (long)n;
 		else
 			warn("%s:%d: bad pin_tries '%s'", path, lineno, v);
+	} else if (!strcmp(k, "hide_mechanisms")) {
+		parse_hidden(v, c);
 	} else if (!strcmp(k, "reset_pin")) {
 		c->reset_pin = *v && strcmp(v, "0");
 	} else {
@@ -1167,7 +1221,16 @@ static CK_RV shim_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pM
 
 	if (rv != CKR_OK)
 		return rv;
-	return real->C_GetMechanismList(slotID, pMechanismList, pulCount);
+	rv = real->C_GetMechanismList(slotID, pMechanismList, pulCount);
+	if (rv == CKR_OK && pMechanismList) {
+		CK_ULONG i, n = 0;
+
+		for (i = 0; i < *pulCount; i++)
+			if (!mech_hidden(pMechanismList[i]))
+				pMechanismList[n++] = pMechanismList[i];
+		*pulCount = n;
+	}
+	return rv;
 }
 
 static CK_RV shim_C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type,
@@ -1177,6 +1240,8 @@ static CK_RV shim_C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type,
 
 	if (rv != CKR_OK)
 		return rv;
+	if (mech_hidden(type))
+		return CKR_MECHANISM_INVALID;
 	return real->C_GetMechanismInfo(slotID, type, pInfo);
 }
 
@@ -1290,9 +1355,25 @@ FWD_OBJ(C_DigestKey, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey), hKey,
 	CKR_KEY_HANDLE_INVALID, (c.real, real_obj))
 FWD(C_DigestFinal, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen),
     (c.real, pDigest, pulDigestLen))
-FWD_OBJ(C_SignInit,
-	(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey), hKey,
-	CKR_KEY_HANDLE_INVALID, (c.real, pMechanism, real_obj))
+/* Written out (not FWD_OBJ): a hidden mechanism is refused here too. */
+static CK_RV shim_C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+			     CK_OBJECT_HANDLE hKey)
+{
+	struct call c;
+	CK_OBJECT_HANDLE real_obj;
+	CK_RV rv = session_enter(FN_C_SignInit, hSession, &c);
+
+	if (rv != CKR_OK)
+		return rv;
+	if (pMechanism && mech_hidden(pMechanism->mechanism))
+		rv = CKR_MECHANISM_INVALID;
+	else if (obj_in(&c, hKey, &real_obj))
+		rv = real->C_SignInit(c.real, pMechanism, real_obj);
+	else
+		rv = CKR_KEY_HANDLE_INVALID;
+	session_leave(&c);
+	return rv;
+}
 FWD_OBJ(C_SignRecoverInit,
 	(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey), hKey,
 	CKR_KEY_HANDLE_INVALID, (c.real, pMechanism, real_obj))
