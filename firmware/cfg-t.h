@@ -107,16 +107,19 @@ struct farm {
 		uint32_t timeout_s; /* default 1200 (00:20:00) */
 	} affinity;
 	struct {
-		uint32_t timeout_ms;	  /* default 30000 */
-		int keep_alive;		  /* default 1 */
-		int preserve_host_header; /* default 1 */
-		int reverse_rewrite_host; /* default 0 */
-		char *xff_name;		  /* default "X-Forwarded-For"; "" = not sent */
-		int xff_include_port;	  /* default 1 */
-		int arr_response_header;  /* default 1 */
-		char *client_cert_hash;	  /* SHA-1 or SHA-256 thumbprint, NULL = none */
-		char *client_cert_token;  /* tokens[].name; NULL = the only token */
-		char *backend_ca_file;	  /* default /etc/ssl/certs/ca-certificates.crt */
+		uint32_t timeout_ms;	    /* default 30000 */
+		int keep_alive;		    /* default 1 */
+		int preserve_host_header;   /* default 1 */
+		int reverse_rewrite_host;   /* default 0 */
+		char *xff_name;		    /* default "X-Forwarded-For"; "" = not sent */
+		int xff_include_port;	    /* default 1 */
+		int arr_response_header;    /* default 1 */
+		char *client_cert_hash;	    /* SHA-1 or SHA-256 thumbprint, NULL = none */
+		char *client_cert_token;    /* tokens[].name; NULL = the only token */
+		char *backend_ca_file;	    /* default /etc/ssl/certs/ca-certificates.crt */
+		char *client_cert_file;	    /* PFX to import onto the token (ARR's
+					     clientCertFileName), NULL = none */
+		char *client_cert_password; /* its password (clientCertPassword) */
 	} protocol;
 	struct farm_rt *rt;   /* runtime state, attached by lb_attach() */
 	struct farm_tls *tls; /* built by tls_prepare() */

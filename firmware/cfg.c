@@ -747,6 +747,8 @@ static const struct field protocol_fields[] = {
 	{"clientCertHash", set_nonempty_str, offsetof(struct farm, protocol.client_cert_hash)},
 	{"clientCertToken", set_nonempty_str, offsetof(struct farm, protocol.client_cert_token)},
 	{"backendCaFile", set_nonempty_str, offsetof(struct farm, protocol.backend_ca_file)},
+	{"clientCertFileName", set_nonempty_str, offsetof(struct farm, protocol.client_cert_file)},
+	{"clientCertPassword", set_str, offsetof(struct farm, protocol.client_cert_password)},
 	{NULL},
 };
 
@@ -1117,12 +1119,14 @@ static int check_identities(struct cfg_ctx *c, struct config *cfg)
 		const struct farm *f = &cfg->farms[i];
 		const char *tok = f->protocol.client_cert_token;
 
-		if (!f->protocol.client_cert_hash && !tok)
+		if (!f->protocol.client_cert_hash && !f->protocol.client_cert_file && !tok)
 			continue;
 		snprintf(c->path, sizeof(c->path), "$.webFarms[%u].protocol.%s", i,
-			 tok ? "clientCertToken" : "clientCertHash");
+			 tok ? "clientCertToken"
+			     : (f->protocol.client_cert_hash ? "clientCertHash"
+							     : "clientCertFileName"));
 		c->plen = strlen(c->path);
-		if (!f->protocol.client_cert_hash)
+		if (!f->protocol.client_cert_hash && !f->protocol.client_cert_file)
 			return cfg_fail(c, "names a token but no clientCertHash");
 		if (!tok && cfg->ntokens != 1)
 			return cfg_fail(c, cfg->ntokens
@@ -1174,6 +1178,11 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 		free(f->protocol.client_cert_hash);
 		free(f->protocol.client_cert_token);
 		free(f->protocol.backend_ca_file);
+		free(f->protocol.client_cert_file);
+		if (f->protocol.client_cert_password)
+			explicit_bzero(f->protocol.client_cert_password,
+				       strlen(f->protocol.client_cert_password));
+		free(f->protocol.client_cert_password);
 	}
 	free(cfg->farms);
 	for (i = 0; i < cfg->nrules; i++) {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pkcs12.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
@@ -182,6 +183,98 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 
 /* ---- identity lookup, on the signer thread ---------------------------- */
 
+/* ARR's clientCertFileName + clientCertPassword: the PFX is an import source,
+ * never a key store. The key is written onto the token (sensitive, never
+ * extractable) unless its certificate is there already; the copy in memory is
+ * freed at once. Runs on the signer thread. */
+struct pfx_job {
+	EVP_PKEY *pkey;
+	X509 *cert;
+	unsigned char thumb[20];
+	int imported;
+	char err[512];
+};
+
+static int pfx_import(struct p11_token *tok, void *arg)
+{
+	struct pfx_job *j = arg;
+	struct p11_cert c;
+	CK_OBJECT_HANDLE h;
+	unsigned char id[8];
+
+	memset(&c, 0, sizeof(c));
+	if (p11_cert_find(tok, j->thumb, sizeof(j->thumb), &c, j->err, sizeof(j->err)) == 0) {
+		X509_free(c.x509);
+		return 0; /* imported before */
+	}
+	memcpy(id, j->thumb, sizeof(id)); /* CKA_ID: derived from the thumbprint */
+	if (p11_key_import(tok, j->pkey, "farmgate-pfx", id, sizeof(id), &h, j->err,
+			   sizeof(j->err)) == -1 ||
+	    p11_cert_import(tok, j->cert, "farmgate-pfx", id, sizeof(id), &h, j->err,
+			    sizeof(j->err)) == -1)
+		return -1;
+	j->imported = 1;
+	return 0;
+}
+
+/* Reads the farm's PFX, imports it onto the token if needed and returns its
+ * certificate's SHA-1 thumbprint in thumb. */
+static int farm_pfx(struct farm *f, struct fg_token *t, unsigned int fi, unsigned char *thumb,
+		    char *err, size_t errlen)
+{
+	const char *pw = f->protocol.client_cert_password ? f->protocol.client_cert_password : "";
+	struct pfx_job j;
+	PKCS12 *p12 = NULL;
+	STACK_OF(X509) *ca = NULL;
+	unsigned int n = 0;
+	BIO *bio;
+	int rc = -1;
+
+	memset(&j, 0, sizeof(j));
+	bio = BIO_new_file(f->protocol.client_cert_file, "rb");
+	if (!bio || !(p12 = d2i_PKCS12_bio(bio, NULL))) {
+		snprintf(err, errlen,
+			 "$.webFarms[%u].protocol.clientCertFileName: cannot read a PFX "
+			 "from \"%s\"",
+			 fi, f->protocol.client_cert_file);
+		goto out;
+	}
+	if (!PKCS12_parse(p12, pw, &j.pkey, &j.cert, &ca) || !j.pkey || !j.cert) {
+		snprintf(err, errlen,
+			 "$.webFarms[%u].protocol.clientCertPassword: wrong PFX password "
+			 "(or no key and certificate in \"%s\")",
+			 fi, f->protocol.client_cert_file);
+		goto out;
+	}
+	X509_digest(j.cert, EVP_sha1(), j.thumb, &n);
+	if (signer_call(t->signer, pfx_import, &j) != 0) {
+		snprintf(err, errlen,
+			 "$.webFarms[%u].protocol.clientCertFileName: import onto token "
+			 "%s failed: %s",
+			 fi, t->name, j.err);
+		goto out;
+	}
+	memcpy(thumb, j.thumb, 20);
+	if (j.imported)
+		LOGW("farm %s: imported the key and certificate of %s onto token %s "
+		     "(non-extractable);"
+		     " the file still holds the private key: delete it and use clientCertHash",
+		     f->name, f->protocol.client_cert_file, t->name);
+	else
+		LOGW("farm %s: %s is already on token %s; the file still holds the private key: "
+		     "delete it and use clientCertHash",
+		     f->name, f->protocol.client_cert_file, t->name);
+	rc = 0;
+out:
+	EVP_PKEY_free(j.pkey); /* the software copy goes now */
+	X509_free(j.cert);
+	sk_X509_pop_free(ca, X509_free);
+	PKCS12_free(p12);
+	BIO_free(bio);
+	ERR_clear_error();
+	return rc;
+}
+
 struct identity_job {
 	const unsigned char *thumb;
 	size_t thumb_len;
@@ -337,11 +430,12 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 				       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(ft->ctx, new_session_cb);
 
-	if (f->protocol.client_cert_hash) {
+	if (f->protocol.client_cert_hash || f->protocol.client_cert_file) {
 		struct identity_job job;
 		unsigned int i;
 
-		if (p11_thumbprint_parse(f->protocol.client_cert_hash, thumb, &thumb_len, e,
+		if (f->protocol.client_cert_hash &&
+		    p11_thumbprint_parse(f->protocol.client_cert_hash, thumb, &thumb_len, e,
 					 sizeof(e)) == -1) {
 			snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertHash: %s", fi, e);
 			return -1;
@@ -349,6 +443,23 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 		ft->token = farm_token(cfg, f, err, errlen, fi);
 		if (!ft->token)
 			return -1;
+		if (f->protocol.client_cert_file) {
+			unsigned char pfx_thumb[20];
+
+			if (farm_pfx(f, ft->token, fi, pfx_thumb, err, errlen) == -1)
+				return -1;
+			if (f->protocol.client_cert_hash &&
+			    (thumb_len != 20 || memcmp(thumb, pfx_thumb, 20))) {
+				snprintf(err, errlen,
+					 "$.webFarms[%u].protocol.clientCertHash: does not match "
+					 "the "
+					 "certificate in clientCertFileName",
+					 fi);
+				return -1;
+			}
+			memcpy(thumb, pfx_thumb, 20);
+			thumb_len = 20;
+		}
 		memset(&job, 0, sizeof(job));
 		job.thumb = thumb;
 		job.thumb_len = thumb_len;

@@ -457,6 +457,41 @@ def test_pfx_import_then_use(env):
     assert farms.get(FARM, 0) >= 1, "the imported key signed on the token: %s" % farms
 
 
+def test_pfx_named_in_config_is_imported_onto_token(env):
+    """ARR's clientCertFileName + clientCertPassword: farmgated imports the PFX onto the token
+    (non-extractable), says the file still holds the key, and signs on the token; a wrong
+    password is a configuration error naming clientCertPassword."""
+    ca = Pki(env, "ca")
+    tok = SoftToken(env)
+    crt, key = ca.software_client("cfg-pfx-appliance", "cfg-pfx-appliance")
+    pfx = ca.path("arr.pfx")
+    ca.openssl("pkcs12", "-export", "-inkey", key, "-in", crt, "-out", pfx, "-passout", "pass:Arr-Pfx-2")
+    os.unlink(key)
+    cert = Cert(crt)
+    ng = iis_backend(env, ca, {cert.sha1: "pfx-config-user"})
+    good = tls_config(tok, [https_farm(FARM, ng.port, None, ca.crt, clientCertFileName=pfx,
+                                       clientCertPassword="Arr-Pfx-2")])
+    bad = copy.deepcopy(good)
+    bad["webFarms"][0]["protocol"]["clientCertPassword"] = "not-the-password"
+    p = _check_config(env, bad, "badpw")
+    assert p.returncode == 1 and "$.webFarms[0].protocol.clientCertPassword:" in p.output, \
+        "a wrong PFX password must fail farmgated -t naming clientCertPassword (exit %d):\n%s" % (
+            p.returncode, p.output)
+
+    fg = env.farmgated(good)
+    fg.wait_log(r"imported the key and certificate of .* onto token .*delete it", timeout=5)
+    assert_mapped(get(fg, FARM, "/cfg-pfx"), "pfx-config-user", "certificate imported from clientCertFileName")
+    access, listing = tok.private_key_access(label="farmgate-pfx")
+    assert "sensitive" in access and "extractable" not in access, \
+        "the key imported from the PFX must be CKA_SENSITIVE and not CKA_EXTRACTABLE:\n" + listing
+    toks, farms, _ = exit_stats(fg)
+    assert farms.get(FARM, 0) >= 1, "the imported key signed on the token: %s" % farms
+    # a second start finds it on the token and does not import it twice
+    fg2 = env.farmgated(good)
+    fg2.wait_log(r"is already on token", timeout=5)
+    assert_mapped(get(fg2, FARM, "/again"), "pfx-config-user", "second start, PFX already imported")
+
+
 # --------------------------------------------------------------------------
 # 7. token removal and return, device errors (fault shim)
 # --------------------------------------------------------------------------
