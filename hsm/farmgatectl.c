@@ -46,6 +46,9 @@ static const char usage_text[] =
 	"  certs (or list) [--thumbprint T]  certificates with SHA-1/SHA-256 thumbprints\n"
 	"  delete (--id HEX | --label L | --thumbprint T) [--type cert|private|public|all]\n"
 	"  selftest --thumbprint T           sign and run TLS 1.2/1.3 handshakes with the key\n"
+	"  bench (--thumbprint T | --key-label L) [--seconds N]\n"
+	"                                    the token's raw signature rate (one thread, N s per\n"
+	"                                    mechanism, default 5): \"<mech> <N> signatures/s\"\n"
 	"  help\n"
 	"\n"
 	"common options:\n"
@@ -73,6 +76,7 @@ enum {
 	O_PASSWORD_ENV,
 	O_THUMBPRINT,
 	O_ALLOW_INVALID_DATES,
+	O_SECONDS,
 	O_COUNT,
 };
 
@@ -95,6 +99,7 @@ static const struct {
 	[O_PASSWORD_ENV] = {"password-env", 1},
 	[O_THUMBPRINT] = {"thumbprint", 1},
 	[O_ALLOW_INVALID_DATES] = {"allow-invalid-dates", 0},
+	[O_SECONDS] = {"seconds", 1},
 };
 
 #define B(o)   (1u << (o))
@@ -1367,6 +1372,130 @@ out:
 	return r;
 }
 
+/* ---- bench --------------------------------------------------------------- */
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Signs SHA-256 digests with pkey on this thread for `seconds` (PSS when
+ * pss: salt = digest length, as TLS 1.3 does) and prints the rate as
+ * "<mech> <N> signatures/s (<count> in <t> s, <ms> ms each)". Each
+ * message differs (a counter), so nothing can be cached. 0 or -1 printed. */
+static int bench_mech(EVP_PKEY *pkey, int pss, const char *mech, double seconds)
+{
+	unsigned char msg[64], sig[1024];
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pc;
+	double t0, t = 0;
+	unsigned long n = 0;
+	size_t slen;
+
+	if (!md) {
+		say_err("out of memory");
+		return -1;
+	}
+	memset(msg, 0x5a, sizeof(msg));
+	t0 = now_s();
+	do {
+		memcpy(msg, &n, sizeof(n));
+		slen = sizeof(sig);
+		pc = NULL;
+		if (EVP_DigestSignInit(md, &pc, EVP_sha256(), NULL, pkey) != 1 ||
+		    (pss && (EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PSS_PADDING) != 1 ||
+			     EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, RSA_PSS_SALTLEN_DIGEST) != 1)) ||
+		    EVP_DigestSign(md, sig, &slen, msg, sizeof(msg)) != 1) {
+			say_err("%s signature %lu failed: %s", mech, n + 1,
+				ssl_reason("signing failed"));
+			EVP_MD_CTX_free(md);
+			return -1;
+		}
+		EVP_MD_CTX_reset(md);
+		n++;
+		t = now_s() - t0;
+	} while (t < seconds);
+	EVP_MD_CTX_free(md);
+	printf("%s %.1f signatures/s (%lu in %.2f s, %.3f ms each)\n", mech, (double)n / t, n, t,
+	       t * 1e3 / (double)n);
+	fflush(stdout);
+	return 0;
+}
+
+static int cmd_bench(struct ctl *c)
+{
+	unsigned char thumb[32];
+	struct p11_cert pc;
+	struct hsm_key *k;
+	EVP_PKEY *pkey = NULL, *pub = NULL;
+	CK_OBJECT_HANDLE key;
+	char err[512], kt[128], *end;
+	double seconds = 5;
+	size_t tlen;
+	int r, fails = 0;
+
+	if ((!c->opt[O_THUMBPRINT]) == (!c->opt[O_KEY_LABEL])) {
+		say_err("bench needs exactly one of --thumbprint T or --key-label L");
+		return EXIT_USAGE;
+	}
+	if (c->opt[O_SECONDS]) {
+		errno = 0;
+		seconds = strtod(c->opt[O_SECONDS], &end);
+		if (errno || end == c->opt[O_SECONDS] || *end || !(seconds > 0) || seconds > 3600) {
+			say_err("bad --seconds %s: expected a number of seconds (0 < N <= 3600)",
+				c->opt[O_SECONDS]);
+			return EXIT_USAGE;
+		}
+	}
+	if (c->opt[O_THUMBPRINT] && (r = opt_thumbprint(c, thumb, &tlen)))
+		return r;
+	r = open_token(c, 1);
+	if (r)
+		return r;
+	memset(&pc, 0, sizeof(pc));
+	r = EXIT_FAIL;
+	if (c->opt[O_THUMBPRINT]) {
+		if (p11_cert_find(c->t, thumb, tlen, &pc, err, sizeof(err)) ||
+		    p11_key_find_for_cert(c->t, &pc, &key, err, sizeof(err)) ||
+		    !(pkey = hsm_key_new(c->t, key, pc.x509, err, sizeof(err)))) {
+			say_err("%s", err);
+			goto out;
+		}
+	} else if (p11_key_find(c->t, NULL, 0, c->opt[O_KEY_LABEL], &key, err, sizeof(err)) ||
+		   !(pub = p11_key_public(c->t, key, err, sizeof(err))) ||
+		   !(pkey = hsm_key_new_pub(c->t, key, pub, err, sizeof(err)))) {
+		say_err("%s", err);
+		goto out;
+	}
+	k = hsm_key_of(pkey);
+	if (!k) {
+		say_err("internal error: the token key has no state");
+		goto out;
+	}
+	printf("key %s on token %s, %g s per mechanism, one thread\n",
+	       key_text(pkey, kt, sizeof(kt)), p11_token_label(c->t), seconds);
+	fflush(stdout);
+	if (k->is_ec) {
+		fails += bench_mech(pkey, 0, "ECDSA-SHA256", seconds) != 0;
+	} else {
+		fails += bench_mech(pkey, 0, "RSA-PKCS1-SHA256", seconds) != 0;
+		if (hsm_key_can_pss(k))
+			fails += bench_mech(pkey, 1, "RSA-PSS-SHA256", seconds) != 0;
+		else
+			printf("RSA-PSS-SHA256 unavailable (the token has no CKM_RSA_X_509)\n");
+	}
+	if (!fails)
+		r = EXIT_OK;
+out:
+	EVP_PKEY_free(pkey);
+	EVP_PKEY_free(pub);
+	X509_free(pc.x509);
+	return r;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const struct {
@@ -1386,6 +1515,7 @@ static const struct {
 	{"list", cmd_certs, B(O_THUMBPRINT), 0},
 	{"delete", cmd_delete, B(O_ID) | B(O_LABEL) | B(O_TYPE) | B(O_THUMBPRINT), 0},
 	{"selftest", cmd_selftest, B(O_THUMBPRINT), 0},
+	{"bench", cmd_bench, B(O_THUMBPRINT) | B(O_KEY_LABEL) | B(O_SECONDS), 0},
 };
 
 /* Parses argv[i..] (options and positional arguments) for command ci.
