@@ -1,12 +1,16 @@
 #!/usr/bin/python3
-"""make run: farmgated in the foreground in front of two nginx backends.
+"""make run: farmgated in the foreground in front of nginx backends.
 
     tests/demo.py --build DIR [--port 8080]
 
 Farm "demo" (hosts demo.local) has 2 servers, nginx A and B, answering
 "Hello from demo server A/B, Host=..., X-Forwarded-For=...". Farm "static"
 (host static.local) uses the same two nginx instances, which serve a static
-page for that Host. Ctrl-C (or SIGTERM) stops everything by PID.
+page for that Host. Farm "secure" (host secure.local) is the appliance's
+promise: an HTTPS backend (nginx) that requires a client certificate and maps
+it to a user, and farmgated authenticates with a certificate whose key was
+generated on a demo SoftHSM token (random PINs, made for this run) and never
+leaves it. Ctrl-C (or SIGTERM) stops everything by PID.
 """
 
 import argparse
@@ -22,6 +26,8 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration"))
 import harness  # noqa: E402
+import pki  # noqa: E402
+import secrets  # noqa: E402
 
 HELLO = ('location / {\n default_type text/plain;\n'
          ' return 200 "Hello from demo server %s, Host=$host, X-Forwarded-For=$http_x_forwarded_for\\n";\n}\n')
@@ -85,19 +91,36 @@ def main():
                 f.write("<html><body><h1>Static page from nginx %s</h1>"
                         "<p>served through farmgated, farm 'static'</p></body></html>\n" % name)
             backends.append(ng)
+        # the demo token: a key pair generated on SoftHSM, a CSR signed by a demo CA
+        print("demo: provisioning a SoftHSM token with a key generated on it ...", flush=True)
+        ca = pki.Pki(env, "demo-ca", cn="Farmgate demo CA")
+        tok = pki.SoftToken(env, label="farmgate-demo", user_pin=secrets.token_hex(8),
+                            so_pin=secrets.token_hex(8))
+        cert = tok.client_cert(ca, "ec256", "farmgate-demo-appliance")
+        crt, key = ca.server_cert("secure-backend", ["DNS:secure.internal"])
+        secure = pki.TlsNginx(env, crt, key, client_ca=ca.crt, users={cert.sha1: "DEMO\\appliance"},
+                              name="secure").start()
+        backends_secure = harness.server(80, hostName="secure.internal", httpsPort=secure.port)
         port = pick_port(a.port)
         cfg = harness.make_config(
             farms=[harness.farm("demo", [harness.server(b.port) for b in backends]),
-                   harness.farm("static", [harness.server(b.port) for b in backends])],
-            rules=[harness.arr_lb_rule("demo", "demo.local"), harness.arr_lb_rule("static", "static.local")],
-            listeners=[{"address": "127.0.0.1", "port": port}])
+                   harness.farm("static", [harness.server(b.port) for b in backends]),
+                   harness.farm("secure", [backends_secure],
+                                protocol={"preserveHostHeader": False, "clientCertHash": cert.sha1,
+                                          "backendCaFile": ca.crt})],
+            rules=[harness.arr_lb_rule("demo", "demo.local"), harness.arr_lb_rule("static", "static.local"),
+                   dict(harness.arr_lb_rule("secure", "secure.local"),
+                        action={"type": "Rewrite", "url": "https://secure/{R:0}"})],
+            listeners=[{"address": "127.0.0.1", "port": port}],
+            tokens=[tok.token_cfg()])
         cfg_path = os.path.join(demo_dir, "farmgated.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f, indent=2)
         print("demo: nginx A on 127.0.0.1:%d (pid %d), nginx B on 127.0.0.1:%d (pid %d)"
               % (backends[0].port, backends[0].pid, backends[1].port, backends[1].pid))
         print("demo: starting %s -c %s" % (binary, cfg_path), flush=True)
-        fg = subprocess.Popen([binary, "-c", cfg_path], stdin=subprocess.DEVNULL, process_group=0)
+        fg = subprocess.Popen([binary, "-c", cfg_path], stdin=subprocess.DEVNULL, process_group=0,
+                              env=dict(os.environ, **env.proc_env))
         if not harness.wait_port(port, timeout=10, alive=lambda: fg.poll() is None):
             print("demo: farmgated did not start listening on 127.0.0.1:%d (exit code %s)"
                   % (port, fg.poll()), file=sys.stderr)
@@ -118,10 +141,17 @@ def main():
    curl -i -H 'Host: static.local' http://127.0.0.1:{p}/      # farm "static"
    curl -i -H 'Host: nowhere.local' http://127.0.0.1:{p}/     # no rule matches: 404
 
+ The key on the token (farm "secure": HTTPS to a backend that requires a client certificate):
+   curl -H 'Host: secure.local' http://127.0.0.1:{p}/    # the backend says user=DEMO\\appliance
+   The certificate's key was generated on SoftHSM token "farmgate-demo" ({tokdir})
+   and never left it; its SHA-1 is {sha1} (clientCertHash). List it with:
+   SOFTHSM2_CONF={conf} {ctl} token certs --token pkcs11:token=farmgate-demo --pin-file {pinf}
+
  Config: {cfg}   (edit it, then: kill -HUP {pid} to reload)
  Logs (access lines included) appear below. Press Ctrl-C to stop everything.
 ============================================================================
-""".format(p=port, check=check, cfg=cfg_path, pid=fg.pid), flush=True)
+""".format(p=port, check=check, cfg=cfg_path, pid=fg.pid, tokdir=tok.dir, sha1=cert.sha1,
+           conf=tok.conf, ctl=tok.ctl_bin, pinf=tok.pin_file), flush=True)
         while stop["sig"] is None:
             if fg.poll() is not None:
                 print("demo: farmgated exited with code %s" % fg.returncode, file=sys.stderr)

@@ -176,9 +176,10 @@ class SoftToken:
       .use_shim(stats=True) farmgated loads the fault shim; returns its control helpers
     """
 
-    def __init__(self, env, label="farmgate"):
+    def __init__(self, env, label="farmgate", user_pin=USER_PIN, so_pin=SO_PIN):
         self.env = env
         self.label = label
+        self.user_pin = user_pin
         self.ctl_bin = os.path.join(os.path.dirname(env.farmgated_bin), "farmgatectl")
         assert os.access(self.ctl_bin, os.X_OK), "%s is missing (run make all)" % self.ctl_bin
         self.dir = env.mkdtemp("token")
@@ -191,7 +192,7 @@ class SoftToken:
                     "slots.removable = false\n" % tokens)
         env.proc_env["SOFTHSM2_CONF"] = self.conf
         self.penv = dict(env.proc_env)
-        self.penv.update({"FG_PIN": USER_PIN, "FG_SO_PIN": SO_PIN})
+        self.penv.update({"FG_PIN": user_pin, "FG_SO_PIN": so_pin})
         self.module = SOFTHSM
         self.shim = None
         self.control = None
@@ -199,7 +200,7 @@ class SoftToken:
         rc, out = run([self.ctl_bin, "token", "init", "--module", SOFTHSM, "--label", label,
                        "--so-pin-env", "FG_SO_PIN", "--pin-env", "FG_PIN"], env=self.penv, cwd=self.dir)
         assert "initialised token %s" % label in out, out
-        self.pin_file = self.write_pin(USER_PIN, "user.pin")
+        self.pin_file = self.write_pin(user_pin, "user.pin")
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -237,7 +238,7 @@ class SoftToken:
     def objects(self):
         """pkcs11-tool -O --login on SoftHSM directly: ([(kind, {field: value})], stdout)."""
         cmd = [PKCS11_TOOL, "--module", SOFTHSM, "--token-label", self.label, "--login", "--pin",
-               USER_PIN, "-O"]
+               self.user_pin, "-O"]
         p = subprocess.run(cmd, capture_output=True, timeout=60, env=self.penv, cwd=self.dir)
         out = p.stdout.decode("utf-8", "replace")
         assert p.returncode == 0, "%s failed:\n%s%s" % (cmd, out, p.stderr.decode("utf-8", "replace"))
