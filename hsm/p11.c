@@ -2236,8 +2236,13 @@ int p11_key_refind(struct p11_token *t, const unsigned char *id, size_t id_len,
 
 /* ---- signing ------------------------------------------------------------ */
 
-CK_RV p11_sign(struct p11_token *t, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech,
-	       const unsigned char *in, size_t inlen, unsigned char *out, size_t *outlen)
+/* One single-part operation (C_SignInit + C_Sign, or C_DecryptInit +
+ * C_Decrypt): the two differ only in the functions called. A too-small
+ * buffer leaves the operation active, so it is finished into a scratch
+ * buffer, else the next init would get CKR_OPERATION_ACTIVE. */
+static CK_RV one_shot(struct p11_token *t, CK_C_SignInit init, CK_C_Sign op, CK_OBJECT_HANDLE key,
+		      CK_MECHANISM_TYPE mech, const unsigned char *in, size_t inlen,
+		      unsigned char *out, size_t *outlen)
 {
 	CK_MECHANISM mm = {mech, NULL, 0};
 	CK_ULONG ol = *outlen;
@@ -2247,15 +2252,14 @@ CK_RV p11_sign(struct p11_token *t, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech
 	if (!session_ok(t)) {
 		rv = CKR_SESSION_HANDLE_INVALID;
 	} else {
-		rv = t->m->f->C_SignInit(t->session, &mm, key);
+		rv = init(t->session, &mm, key);
 		if (rv == CKR_OK)
-			rv = t->m->f->C_Sign(t->session, (CK_BYTE *)in, inlen, out, &ol);
+			rv = op(t->session, (CK_BYTE *)in, inlen, out, &ol);
 		if (rv == CKR_BUFFER_TOO_SMALL) {
-			/* the operation is still active: finish it into a scratch buffer */
 			unsigned char scratch[1024];
 			CK_ULONG sl = sizeof(scratch);
 
-			t->m->f->C_Sign(t->session, (CK_BYTE *)in, inlen, scratch, &sl);
+			op(t->session, (CK_BYTE *)in, inlen, scratch, &sl);
 			OPENSSL_cleanse(scratch, sizeof(scratch));
 		}
 	}
@@ -2267,34 +2271,17 @@ CK_RV p11_sign(struct p11_token *t, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech
 	return rv;
 }
 
+CK_RV p11_sign(struct p11_token *t, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech,
+	       const unsigned char *in, size_t inlen, unsigned char *out, size_t *outlen)
+{
+	return one_shot(t, t->m->f->C_SignInit, t->m->f->C_Sign, key, mech, in, inlen, out, outlen);
+}
+
 CK_RV p11_decrypt(struct p11_token *t, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech,
 		  const unsigned char *in, size_t inlen, unsigned char *out, size_t *outlen)
 {
-	CK_MECHANISM mm = {mech, NULL, 0};
-	CK_ULONG ol = *outlen;
-	CK_RV rv;
-
-	rd_lock(t->m);
-	if (!session_ok(t)) {
-		rv = CKR_SESSION_HANDLE_INVALID;
-	} else {
-		rv = t->m->f->C_DecryptInit(t->session, &mm, key);
-		if (rv == CKR_OK)
-			rv = t->m->f->C_Decrypt(t->session, (CK_BYTE *)in, inlen, out, &ol);
-		if (rv == CKR_BUFFER_TOO_SMALL) {
-			unsigned char scratch[1024];
-			CK_ULONG sl = sizeof(scratch);
-
-			t->m->f->C_Decrypt(t->session, (CK_BYTE *)in, inlen, scratch, &sl);
-			OPENSSL_cleanse(scratch, sizeof(scratch));
-		}
-	}
-	rd_unlock(t->m);
-	if (rv == CKR_OK)
-		*outlen = ol;
-	else
-		t->last_rv = rv;
-	return rv;
+	return one_shot(t, t->m->f->C_DecryptInit, t->m->f->C_Decrypt, key, mech, in, inlen, out,
+			outlen);
 }
 
 int p11_token_has_mechanism(struct p11_token *t, CK_MECHANISM_TYPE mech)
