@@ -442,7 +442,8 @@ static int tls_read(struct upstream *up)
 	room = buf_tail_room(&up->in);
 	if (!room)
 		return 0;
-	ERR_clear_error();
+	/* no ERR_clear_error() here: every error path below leaves the queue
+	 * empty, which is what SSL_get_error needs (and it is a hot path) */
 	n = SSL_read(up->ssl, p, room);
 	if (n > 0) {
 		buf_commit(&up->in, n);
@@ -473,7 +474,6 @@ static int tls_write(struct upstream *up)
 
 	if (!buf_len(&up->out))
 		return 0;
-	ERR_clear_error();
 	n = SSL_write(up->ssl, buf_ptr(&up->out), buf_len(&up->out));
 	if (n > 0) {
 		buf_consume(&up->out, n);
