@@ -1504,24 +1504,39 @@ static void upstream_failed(struct client *cl, int status, const char *reason)
 	}
 	if (up)
 		upstream_close(up);
-	if (!cl->retried && cl->head_pending && prev && (nothing_sent || stale)) {
+	if (!cl->retried && cl->head_pending && prev && stale && !nothing_sent) {
+		/* the server is fine, its idle connection was not */
 		cl->retried = 1;
 		cl->up_head_built = 0;
-		if (stale && !nothing_sent) {
-			/* the server is fine, its idle connection was not */
-			lb_request_end(prev, 0, 0, 0, 0, px.loop->now_ms);
-			start_upstream(cl, NULL, prev, 1);
-		} else {
-			LOGW("%s:%s \"%s\" farm=%s server=%s:%u: %s; nothing was sent, so "
-			     "another server may take the request",
+		lb_request_end(prev, 0, 0, 0, 0, px.loop->now_ms);
+		start_upstream(cl, NULL, prev, 1);
+		return;
+	}
+	if (!cl->retried && cl->head_pending && prev && nothing_sent) {
+		/* nothing reached the backend: one other server may take it */
+		struct lb_input in;
+		struct server *next;
+
+		memset(&in, 0, sizeof(in));
+		in.vars = &cl->ctx;
+		in.exclude = prev;
+		in.now_ms = px.loop->now_ms;
+		next = lb_pick(cl->farm, &in);
+		if (next) {
+			LOGW("%s:%s \"%s\" farm=%s server=%s:%u: %s; nothing was sent: retrying on "
+			     "%s:%u",
 			     cl->ip, cl->port, cl->reqline, cl->farm->name, prev->address,
 			     (unsigned int)(cl->up_tls ? prev->https_port : prev->http_port),
-			     reason);
+			     reason, next->address,
+			     (unsigned int)(cl->up_tls ? next->https_port : next->http_port));
+			cl->retried = 1;
+			cl->up_head_built = 0;
+			cl->reason = NULL; /* the retry's own outcome is what the access log says */
 			lb_request_end(prev, 1, 0, 0, 0, px.loop->now_ms);
 			cl->srv = NULL;
-			start_upstream(cl, prev, NULL, 0);
+			start_upstream(cl, prev, next, 0);
+			return;
 		}
-		return;
 	}
 	local_response(cl, status, NULL, NULL, NULL);
 }
