@@ -47,7 +47,8 @@ TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 # Debian packages the build, the demo and the tests need.
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck procps iproute2 \
-	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace
+	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
+	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools
 
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -149,9 +150,12 @@ $(O)/tests/test_%: $(O)/obj/tests/unit/test_%.o $(LIB_OBJS)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS) -lcmocka
 
+# test tools: the CAC smart-card bridge needs libcacard
+$(O)/obj/tests/tools/cac_vpcd.o: CPPFLAGS += $(shell pkg-config --cflags libcacard 2>/dev/null)
+$(O)/tests/tools/cac_vpcd: TOOL_LIBS = $(shell pkg-config --libs libcacard 2>/dev/null)
 $(O)/tests/tools/%: $(O)/obj/tests/tools/%.o
 	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(OPT) -o $@ $^
+	$(Q)$(CC) $(OPT) -o $@ $^ $(TOOL_LIBS)
 
 asan: $(AUTOCONF)
 	$(Q)$(MAKE) --no-print-directory O=$(O)/asan SANITIZE=1 KCONFIG_CONFIG=$(abspath $(KCONFIG_CONFIG)) all unit
