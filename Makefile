@@ -122,7 +122,7 @@ savedefconfig: $(KCONFIG_CONFIG)
 	@echo "wrote board/$(BOARD)/defconfig"
 
 # ---- build --------------------------------------------------------------
-all: $(O)/farmgated $(if $(wildcard hsm/farmgatectl.c),$(O)/farmgatectl)
+all: $(O)/farmgated $(O)/farmgatectl
 
 $(O)/farmgated: $(FW_OBJS) $(HSM_OBJS)
 	@echo "  LD      $@"
@@ -143,7 +143,7 @@ $(O)/obj/%.o: %.c $(AUTOCONF) $(BUILDOPTS)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -include $(AUTOCONF) -c -o $@ $<
 
-unit: $(UNIT_BINS) $(TOOL_BINS) $(if $(wildcard tests/pkcs11-shim/shim.c),$(SHIM))
+unit: $(UNIT_BINS) $(TOOL_BINS) $(SHIM)
 
 $(O)/tests/test_%: $(O)/obj/tests/unit/test_%.o $(LIB_OBJS)
 	@mkdir -p $(dir $@)

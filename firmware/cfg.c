@@ -15,6 +15,7 @@
 #include "cfg.h"
 #include "json.h"
 #include "lb.h"
+#include "p11.h"
 #include "rules.h"
 #include "tls.h"
 
@@ -633,30 +634,16 @@ static int set_cert_pin(struct cfg_ctx *c, const struct json_value *v, void *bas
 			const struct field *f)
 {
 	struct server *s = base;
-	const char *p;
+	char e[256];
 	size_t n = 0;
 
 	(void)f;
 	if (v->type != JSON_STRING)
 		return cfg_fail(c, "must be a string");
-	for (p = v->u.str.s; *p; p++) {
-		int d;
-
-		if (*p == ' ' || *p == ':')
-			continue;
-		if (*p >= '0' && *p <= '9')
-			d = *p - '0';
-		else if ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'f')
-			d = (*p | 0x20) - 'a' + 10;
-		else
-			return cfg_fail(c, "must be the certificate's SHA-256 in hex");
-		if (n >= 64)
-			return cfg_fail(c, "must be 64 hex digits (SHA-256)");
-		s->cert_pin[n / 2] = (unsigned char)(n % 2 ? s->cert_pin[n / 2] | d : d << 4);
-		n++;
-	}
-	if (n != 64)
-		return cfg_fail(c, "must be 64 hex digits (SHA-256)");
+	if (p11_thumbprint_parse(v->u.str.s, s->cert_pin, &n, e, sizeof(e)) == -1)
+		return cfg_fail(c, "%s", e);
+	if (n != sizeof(s->cert_pin))
+		return cfg_fail(c, "must be the certificate's SHA-256 (64 hex digits), not SHA-1");
 	s->has_cert_pin = 1;
 	return 0;
 }

@@ -1270,7 +1270,7 @@ static int build_response_head(struct client *cl)
 {
 	const struct http_resp *rs = &cl->resp;
 	const struct farm *f = cl->farm;
-	int disable_affinity = 0;
+	int disable_affinity = 0, has_conn_tokens = 0;
 	unsigned int i;
 	char tmp[8192 + 64];
 	uint32_t need = rs->head_len + 512 + sizeof(tmp);
@@ -1280,10 +1280,13 @@ static int build_response_head(struct client *cl)
 	if (buf_ensure_free(&cl->out, need) == -1)
 		return -1;
 
-	for (i = 0; i < rs->nhdrs; i++)
+	for (i = 0; i < rs->nhdrs; i++) {
 		if (hdr_is(&rs->hdrs[i], "arr-disable-session-affinity") &&
 		    http1_token_eq(rs->hdrs[i].value, rs->hdrs[i].value_len, "true"))
 			disable_affinity = 1;
+		if (hdr_is(&rs->hdrs[i], "connection"))
+			has_conn_tokens = 1;
+	}
 
 	i = snprintf(tmp, sizeof(tmp), "HTTP/1.%d %d ", cl->minor ? 1 : 0, rs->status);
 	put_str(&cl->out, tmp, i);
@@ -1303,7 +1306,8 @@ static int build_response_head(struct client *cl)
 		}
 		if (hop_by_hop(h) || hdr_is(h, "arr-disable-session-affinity"))
 			continue;
-		if (named_in_connection(rs->hdrs, rs->nhdrs, h->name, h->name_len))
+		if (has_conn_tokens &&
+		    named_in_connection(rs->hdrs, rs->nhdrs, h->name, h->name_len))
 			continue;
 		if (cl->resp_rechunk && hdr_is(h, "content-length"))
 			continue;

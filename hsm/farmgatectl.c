@@ -178,19 +178,6 @@ static long parse_hex(const char *s, unsigned char *out, size_t outsize)
 	return hi >= 0 || n == 0 ? -1 : (long)n;
 }
 
-static char *hex_lower(const unsigned char *b, size_t len, char *buf)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		buf[2 * i] = hex[b[i] >> 4];
-		buf[2 * i + 1] = hex[b[i] & 15];
-	}
-	buf[2 * len] = '\0';
-	return buf;
-}
-
 /* A time as "2026-11-22 08:45:00 UTC". */
 static char *fmt_time(const ASN1_TIME *t, char *buf, size_t len)
 {
@@ -608,7 +595,7 @@ static int cmd_keygen(struct ctl *c)
 		return r;
 	if (n > 0 && p11_key_find(c->t, id, (size_t)n, NULL, &h, NULL, 0) == 0) {
 		say_err("a private key with id %s already exists on token %s",
-			hex_lower(id, (size_t)n, hex), p11_token_label(c->t));
+			p11_hex_lower(id, (size_t)n, hex), p11_token_label(c->t));
 		return EXIT_FAIL;
 	}
 	if (p11_key_find(c->t, NULL, 0, c->opt[O_LABEL], &h, NULL, 0) == 0) {
@@ -622,7 +609,7 @@ static int cmd_keygen(struct ctl *c)
 		say_err("%s", err);
 		return EXIT_FAIL;
 	}
-	printf("id=%s label=%s type=%s\n", hex_lower(id, idlen, hex), c->opt[O_LABEL],
+	printf("id=%s label=%s type=%s\n", p11_hex_lower(id, idlen, hex), c->opt[O_LABEL],
 	       kinds[k].name);
 	return EXIT_OK;
 }
@@ -773,7 +760,7 @@ static int cmd_csr(struct ctl *c)
 		struct hsm_key *k = hsm_key_of(pkey);
 
 		printf("wrote %s: %s, key id %s\n", c->opt[O_OUT], name_text(name),
-		       k ? hex_lower(k->id, k->id_len, hex) : "?");
+		       k ? p11_hex_lower(k->id, k->id_len, hex) : "?");
 	}
 	r = EXIT_OK;
 out:
@@ -874,7 +861,7 @@ static int cmd_import_cert(struct ctl *c)
 		goto out;
 	}
 	printf("imported certificate into token %s: label %s, id %s (the key's)\n",
-	       p11_token_label(c->t), label, hex_lower(ki.id, ki.id_len, hex));
+	       p11_token_label(c->t), label, p11_hex_lower(ki.id, ki.id_len, hex));
 	print_thumbprints(x);
 	r = EXIT_OK;
 out:
@@ -992,7 +979,7 @@ static int cmd_import_pfx(struct ctl *c)
 	}
 	printf("imported key (sensitive, not extractable) and certificate into token %s: "
 	       "label %s, id %s\n",
-	       p11_token_label(c->t), label, hex_lower(id, (size_t)n, hex));
+	       p11_token_label(c->t), label, p11_hex_lower(id, (size_t)n, hex));
 	print_thumbprints(x);
 	ncas = ca ? sk_X509_num(ca) : 0;
 	if (ncas > 0)
@@ -1032,7 +1019,8 @@ static void print_cert(struct ctl *c, const struct p11_cert *pc)
 	else if (X509_cmp_current_time(X509_get0_notBefore(pc->x509)) > 0)
 		state = " (NOT YET VALID)";
 	printf("certificate %s\n", pc->label);
-	printf("  id:          %s\n", pc->id_len ? hex_lower(pc->id, pc->id_len, hex) : "(none)");
+	printf("  id:          %s\n",
+	       pc->id_len ? p11_hex_lower(pc->id, pc->id_len, hex) : "(none)");
 	printf("  SHA-1:       %s\n", p11_hex_upper(pc->sha1, 20, hex));
 	printf("  SHA-256:     %s\n", p11_hex_upper(pc->sha256, 32, hex));
 	printf("  subject:     %s\n", name_text(X509_get_subject_name(pc->x509)));
@@ -1047,7 +1035,7 @@ static void print_cert(struct ctl *c, const struct p11_cert *pc)
 		   p11_key_info(c->t, key, &ki, err, sizeof(err)) == 0) {
 		printf("  private key: present (label %s, id %s, CKA_SENSITIVE=%s, "
 		       "CKA_EXTRACTABLE=%s)\n",
-		       ki.label, ki.id_len ? hex_lower(ki.id, ki.id_len, hex) : "(none)",
+		       ki.label, ki.id_len ? p11_hex_lower(ki.id, ki.id_len, hex) : "(none)",
 		       tf(ki.sensitive), tf(ki.extractable));
 	} else {
 		printf("  private key: none on this token\n");

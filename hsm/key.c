@@ -84,6 +84,22 @@ static int key_sign(struct hsm_key *k, int lib, CK_MECHANISM_TYPE mech, const un
 /* RSA private "encryption" (signing): PKCS#1 v1.5 -> CKM_RSA_PKCS on the
  * DigestInfo; no padding -> CKM_RSA_X_509 (OpenSSL applied PSS padding).
  * Returns the signature length (RSA_size) or -1. */
+/* The token mechanism for an OpenSSL RSA padding: PKCS#1 v1.5, or raw RSA
+ * (which is how OpenSSL's legacy path asks for PSS: it pads itself). */
+static int rsa_mech(int padding, CK_MECHANISM_TYPE *mech)
+{
+	switch (padding) {
+	case RSA_PKCS1_PADDING:
+		*mech = CKM_RSA_PKCS;
+		return 0;
+	case RSA_NO_PADDING:
+		*mech = CKM_RSA_X_509;
+		return 0;
+	}
+	ERR_raise(ERR_LIB_RSA, RSA_R_UNKNOWN_PADDING_TYPE);
+	return -1;
+}
+
 static int rsa_priv_enc(int flen, const unsigned char *from, unsigned char *to, RSA *rsa,
 			int padding)
 {
@@ -95,17 +111,8 @@ static int rsa_priv_enc(int flen, const unsigned char *from, unsigned char *to, 
 		ERR_raise(ERR_LIB_RSA, ERR_R_PASSED_INVALID_ARGUMENT);
 		return -1;
 	}
-	switch (padding) {
-	case RSA_PKCS1_PADDING:
-		mech = CKM_RSA_PKCS;
-		break;
-	case RSA_NO_PADDING:
-		mech = CKM_RSA_X_509;
-		break;
-	default:
-		ERR_raise(ERR_LIB_RSA, RSA_R_UNKNOWN_PADDING_TYPE);
+	if (rsa_mech(padding, &mech) == -1)
 		return -1;
-	}
 	if (key_sign(k, ERR_LIB_RSA, mech, from, (size_t)flen, to, &outlen))
 		return -1;
 	if (outlen > size) {
@@ -133,17 +140,8 @@ static int rsa_priv_dec(int flen, const unsigned char *from, unsigned char *to, 
 		ERR_raise(ERR_LIB_RSA, ERR_R_PASSED_INVALID_ARGUMENT);
 		return -1;
 	}
-	switch (padding) {
-	case RSA_PKCS1_PADDING:
-		mech = CKM_RSA_PKCS;
-		break;
-	case RSA_NO_PADDING:
-		mech = CKM_RSA_X_509;
-		break;
-	default:
-		ERR_raise(ERR_LIB_RSA, RSA_R_UNKNOWN_PADDING_TYPE);
+	if (rsa_mech(padding, &mech) == -1)
 		return -1;
-	}
 	k->last_rv = p11_decrypt(k->token, k->handle, mech, from, (size_t)flen, to, &outlen);
 	if (k->last_rv != CKR_OK) {
 		ERR_raise_data(ERR_LIB_RSA, ERR_R_OPERATION_FAIL, "PKCS#11 decryption: %s",

@@ -900,6 +900,28 @@ static CK_RV attr_get(struct p11_token *t, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TY
 	return CKR_OK;
 }
 
+/* Copies an object's CKA_ID (truncated to idcap) and CKA_LABEL (truncated,
+ * NUL-terminated) into the caller's buffers; a missing attribute leaves its
+ * buffer as it was. */
+static void attr_id_label(struct p11_token *t, CK_OBJECT_HANDLE obj, unsigned char *id,
+			  size_t idcap, size_t *id_len, char *label, size_t labelcap)
+{
+	unsigned char *v;
+	size_t l;
+
+	if (attr_get(t, obj, CKA_ID, &v, &l) == CKR_OK) {
+		*id_len = l < idcap ? l : idcap;
+		memcpy(id, v, *id_len);
+		free(v);
+	}
+	if (attr_get(t, obj, CKA_LABEL, &v, &l) == CKR_OK) {
+		l = l < labelcap - 1 ? l : labelcap - 1;
+		memcpy(label, v, l);
+		label[l] = '\0';
+		free(v);
+	}
+}
+
 /* Reads a fixed-size attribute (CK_BBOOL, CK_ULONG). */
 static CK_RV attr_get_fixed(struct p11_token *t, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type,
 			    void *val, size_t len)
@@ -1607,17 +1629,26 @@ out:
 
 /* ---- hex and thumbprints ---------------------------------------------- */
 
-char *p11_hex_upper(const unsigned char *b, size_t len, char *buf)
+static char *hex_with(const char *digits, const unsigned char *b, size_t len, char *buf)
 {
-	static const char hex[] = "0123456789ABCDEF";
 	size_t i;
 
 	for (i = 0; i < len; i++) {
-		buf[2 * i] = hex[b[i] >> 4];
-		buf[2 * i + 1] = hex[b[i] & 15];
+		buf[2 * i] = digits[b[i] >> 4];
+		buf[2 * i + 1] = digits[b[i] & 15];
 	}
 	buf[2 * len] = '\0';
 	return buf;
+}
+
+char *p11_hex_upper(const unsigned char *b, size_t len, char *buf)
+{
+	return hex_with("0123456789ABCDEF", b, len, buf);
+}
+
+char *p11_hex_lower(const unsigned char *b, size_t len, char *buf)
+{
+	return hex_with("0123456789abcdef", b, len, buf);
 }
 
 int p11_thumbprint_parse(const char *s, unsigned char *out, size_t *len, char *err, size_t errlen)
@@ -1684,9 +1715,9 @@ int p11_thumbprint_parse(const char *s, unsigned char *out, size_t *len, char *e
  * CKR_DATA_INVALID when the value does not parse, or the failing CK_RV. */
 static CK_RV cert_load(struct p11_token *t, CK_OBJECT_HANDLE h, struct p11_cert *c)
 {
-	unsigned char *val = NULL, *v2;
+	unsigned char *val = NULL;
 	const unsigned char *p;
-	size_t len, l2;
+	size_t len;
 	CK_RV rv;
 
 	memset(c, 0, sizeof(*c));
@@ -1703,17 +1734,7 @@ static CK_RV cert_load(struct p11_token *t, CK_OBJECT_HANDLE h, struct p11_cert 
 	EVP_Digest(val, len, c->sha1, NULL, EVP_sha1(), NULL);
 	EVP_Digest(val, len, c->sha256, NULL, EVP_sha256(), NULL);
 	free(val);
-	if (attr_get(t, h, CKA_ID, &v2, &l2) == CKR_OK) {
-		c->id_len = l2 < sizeof(c->id) ? l2 : sizeof(c->id);
-		memcpy(c->id, v2, c->id_len);
-		free(v2);
-	}
-	if (attr_get(t, h, CKA_LABEL, &v2, &l2) == CKR_OK) {
-		l2 = l2 < sizeof(c->label) - 1 ? l2 : sizeof(c->label) - 1;
-		memcpy(c->label, v2, l2);
-		c->label[l2] = '\0';
-		free(v2);
-	}
+	attr_id_label(t, h, c->id, sizeof(c->id), &c->id_len, c->label, sizeof(c->label));
 	return CKR_OK;
 }
 
@@ -2053,9 +2074,7 @@ EVP_PKEY *p11_key_public(struct p11_token *t, CK_OBJECT_HANDLE key, char *err, s
 int p11_key_info(struct p11_token *t, CK_OBJECT_HANDLE key, struct p11_key_info *out, char *err,
 		 size_t errlen)
 {
-	unsigned char *v;
 	EVP_PKEY *pk;
-	size_t l;
 	CK_RV rv;
 
 	memset(out, 0, sizeof(*out));
@@ -2073,17 +2092,8 @@ int p11_key_info(struct p11_token *t, CK_OBJECT_HANDLE key, struct p11_key_info 
 	}
 	if (attr_get_fixed(t, key, CKA_KEY_TYPE, &out->key_type, sizeof(out->key_type)) != CKR_OK)
 		out->key_type = (CK_KEY_TYPE)-1;
-	if (attr_get(t, key, CKA_ID, &v, &l) == CKR_OK) {
-		out->id_len = l < sizeof(out->id) ? l : sizeof(out->id);
-		memcpy(out->id, v, out->id_len);
-		free(v);
-	}
-	if (attr_get(t, key, CKA_LABEL, &v, &l) == CKR_OK) {
-		l = l < sizeof(out->label) - 1 ? l : sizeof(out->label) - 1;
-		memcpy(out->label, v, l);
-		out->label[l] = '\0';
-		free(v);
-	}
+	attr_id_label(t, key, out->id, sizeof(out->id), &out->id_len, out->label,
+		      sizeof(out->label));
 	out->sensitive = attr_bool(t, key, CKA_SENSITIVE);
 	out->extractable = attr_bool(t, key, CKA_EXTRACTABLE);
 	out->always_sensitive = attr_bool(t, key, CKA_ALWAYS_SENSITIVE);

@@ -233,6 +233,8 @@ int p11_thumbprint_parse(const char *s, unsigned char *out, size_t *len, char *e
 /* Upper-case hex without separators (as Windows lists thumbprints) of
  * len bytes into buf (2*len+1 bytes). Returns buf. */
 char *p11_hex_upper(const unsigned char *b, size_t len, char *buf);
+/* The same in lower case (CKA_IDs, as pkcs11-tool shows them). */
+char *p11_hex_lower(const unsigned char *b, size_t len, char *buf);
 
 /* The certificate whose SHA-1 (thumb_len 20) or SHA-256 (32) thumbprint is
  * thumb. *out is filled; out->x509 is owned by the caller (X509_free).
