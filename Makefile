@@ -48,7 +48,7 @@ TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck procps iproute2 \
 	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
-	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools
+	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh
 
 .DEFAULT_GOAL := all
 .SECONDARY:

@@ -120,14 +120,50 @@ struct farm {
 		char *client_cert_file;	    /* PFX to import onto the token (ARR's
 					     clientCertFileName), NULL = none */
 		char *client_cert_password; /* its password (clientCertPassword) */
+		char *client_cert_header;   /* default "X-ARR-ClientCert"; "" = not sent */
+		char *ssl_header;	    /* default "X-ARR-SSL"; "" = not sent */
+		int client_cert_rfc9440;    /* also Client-Cert / Client-Cert-Chain */
 	} protocol;
 	struct farm_rt *rt;   /* runtime state, attached by lb_attach() */
 	struct farm_tls *tls; /* built by tls_prepare() */
 };
 
+/* IIS's SSL Settings: client certificates Ignore / Accept / Require. */
+enum client_cert_mode {
+	CLIENT_CERT_IGNORE = 0,
+	CLIENT_CERT_ACCEPT = 1,
+	CLIENT_CERT_REQUIRE = 2,
+};
+
+/* One server certificate of an HTTPS listener: from files, or on a token. */
+struct listener_cert_cfg {
+	char *cert_file;  /* PEM: certificate then intermediates */
+	char *key_file;	  /* PEM key; no group/other permission bits */
+	char *cert_hash;  /* thumbprint of a certificate on a token */
+	char *cert_token; /* tokens[].name; NULL = the only token */
+	char *chain_file; /* intermediates for a token certificate */
+};
+
+struct listener_ssl_cfg {
+	struct listener_cert_cfg *certs; /* the first is the default (no SNI match) */
+	unsigned int ncerts;
+	int client_certs;     /* enum client_cert_mode, default Ignore */
+	char *client_ca_file; /* required with Accept / Require */
+	char **crl_files;
+	unsigned int ncrl_files;
+	uint32_t verify_depth;	     /* default 4 */
+	int failure_forbidden;	     /* clientCertFailure Forbidden (403) vs Handshake */
+	int session_tickets;	     /* default 1 */
+	uint32_t ticket_rotation_ms; /* default 3600000 */
+};
+
+struct front_tls; /* a listener's server contexts (tls_front.h) */
+
 struct listener_cfg {
-	char *address; /* default "0.0.0.0" */
-	uint16_t port; /* required */
+	char *address;		      /* default "0.0.0.0" */
+	uint16_t port;		      /* required */
+	struct listener_ssl_cfg *ssl; /* NULL: plain HTTP */
+	struct front_tls *tls;	      /* built by tls_prepare() when ssl is set */
 };
 
 /* A PKCS#11 token that holds client-certificate keys. */

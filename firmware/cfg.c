@@ -540,7 +540,144 @@ static const struct enum_desc redirect_desc = {
 	},
 };
 
+static const struct enum_desc client_cert_desc = {
+	"clientCertificates",
+	"Ignore, Accept or Require",
+	(const struct enum_name[]){
+		{"Ignore", CLIENT_CERT_IGNORE},
+		{"Accept", CLIENT_CERT_ACCEPT},
+		{"Require", CLIENT_CERT_REQUIRE},
+		{NULL, 0},
+	},
+};
+
+static const struct enum_desc cert_failure_desc = {
+	"clientCertFailure",
+	"Handshake or Forbidden",
+	(const struct enum_name[]){
+		{"Handshake", 0},
+		{"Forbidden", 1},
+		{NULL, 0},
+	},
+};
+
 /* ---- listeners -------------------------------------------------------- */
+
+static const struct field listener_cert_fields[] = {
+	{"certificateFile", set_nonempty_str, offsetof(struct listener_cert_cfg, cert_file)},
+	{"keyFile", set_nonempty_str, offsetof(struct listener_cert_cfg, key_file)},
+	{"certificateHash", set_nonempty_str, offsetof(struct listener_cert_cfg, cert_hash)},
+	{"certificateToken", set_nonempty_str, offsetof(struct listener_cert_cfg, cert_token)},
+	{"chainFile", set_nonempty_str, offsetof(struct listener_cert_cfg, chain_file)},
+	{NULL},
+};
+
+/* "certificates" of an HTTPS listener (base is its listener_ssl_cfg). Each
+ * comes either from files or from a token, never both. */
+static int set_listener_certs(struct cfg_ctx *c, const struct json_value *v, void *base,
+			      const struct field *f)
+{
+	struct listener_ssl_cfg *ssl = base;
+	size_t i, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (v->u.arr.n == 0)
+		return cfg_fail(c, "at least one certificate is required");
+	if (cfg_calloc(c, &ssl->certs, v->u.arr.n, sizeof(*ssl->certs)) < 0)
+		return -1;
+	ssl->ncerts = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		struct listener_cert_cfg *lc = &ssl->certs[i];
+
+		old = path_idx(c, i);
+		if (parse_fields(c, v->u.arr.items[i], listener_cert_fields, lc) < 0)
+			return -1;
+		if (lc->cert_hash && (lc->cert_file || lc->key_file))
+			return cfg_fail(c, "certificateHash (a token certificate) and "
+					   "certificateFile/keyFile are exclusive");
+		if (!lc->cert_hash && !lc->cert_file)
+			return cfg_fail(c, "needs certificateFile and keyFile, or "
+					   "certificateHash");
+		if (lc->cert_file && !lc->key_file) {
+			path_key(c, "keyFile");
+			return cfg_fail(c, "is required with certificateFile");
+		}
+		if (!lc->cert_hash && (lc->cert_token || lc->chain_file))
+			return cfg_fail(c, "certificateToken and chainFile go with "
+					   "certificateHash (a certificate file carries its "
+					   "own chain)");
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+/* "crlFiles": array of paths (base is the listener_ssl_cfg). */
+static int set_crl_files(struct cfg_ctx *c, const struct json_value *v, void *base,
+			 const struct field *f)
+{
+	struct listener_ssl_cfg *ssl = base;
+	size_t i, old;
+
+	(void)f;
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array of paths");
+	if (cfg_calloc(c, &ssl->crl_files, v->u.arr.n, sizeof(char *)) < 0)
+		return -1;
+	ssl->ncrl_files = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		const struct json_value *item = v->u.arr.items[i];
+
+		old = path_idx(c, i);
+		if (item->type != JSON_STRING || item->u.str.len == 0)
+			return cfg_fail(c, "must be a non-empty path");
+		ssl->crl_files[i] = cfg_strdup(c, item->u.str.s);
+		if (ssl->crl_files[i] == NULL)
+			return -1;
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+static const struct field listener_ssl_fields[] = {
+	{"certificates", set_listener_certs, 0, 0, 0, NULL, FIELD_REQUIRED},
+	{"clientCertificates", set_enum, offsetof(struct listener_ssl_cfg, client_certs), 0, 0,
+	 &client_cert_desc},
+	{"clientCaFile", set_nonempty_str, offsetof(struct listener_ssl_cfg, client_ca_file)},
+	{"crlFiles", set_crl_files, 0},
+	{"verifyDepth", set_u32, offsetof(struct listener_ssl_cfg, verify_depth), 0, 16},
+	{"clientCertFailure", set_enum, offsetof(struct listener_ssl_cfg, failure_forbidden), 0, 0,
+	 &cert_failure_desc},
+	{"sessionTickets", set_bool, offsetof(struct listener_ssl_cfg, session_tickets)},
+	{"sessionTicketKeyRotation", set_ms, offsetof(struct listener_ssl_cfg, ticket_rotation_ms),
+	 MS_PER_S, DURATION_MS_MAX},
+	{NULL},
+};
+
+/* "ssl" of a listener (base is the listener_cfg): makes it an HTTPS listener. */
+static int set_listener_ssl(struct cfg_ctx *c, const struct json_value *v, void *base,
+			    const struct field *f)
+{
+	struct listener_cfg *l = base;
+	struct listener_ssl_cfg *ssl;
+
+	(void)f;
+	if (cfg_calloc(c, &l->ssl, 1, sizeof(*l->ssl)) < 0)
+		return -1;
+	ssl = l->ssl;
+	ssl->verify_depth = 4;
+	ssl->session_tickets = 1;
+	ssl->ticket_rotation_ms = 3600000;
+	if (parse_fields(c, v, listener_ssl_fields, ssl) < 0)
+		return -1;
+	if (ssl->client_certs != CLIENT_CERT_IGNORE && !ssl->client_ca_file) {
+		path_key(c, "clientCaFile");
+		return cfg_fail(c, "is required when clientCertificates is %s",
+				ssl->client_certs == CLIENT_CERT_ACCEPT ? "Accept" : "Require");
+	}
+	return 0;
+}
 
 /* Listener address: a numeric IPv4 or IPv6 literal (no name lookups). */
 static int set_listen_addr(struct cfg_ctx *c, const struct json_value *v, void *base,
@@ -557,6 +694,7 @@ static int set_listen_addr(struct cfg_ctx *c, const struct json_value *v, void *
 static const struct field listener_fields[] = {
 	{"address", set_listen_addr, offsetof(struct listener_cfg, address)},
 	{"port", set_u16, offsetof(struct listener_cfg, port), 1, 65535, NULL, FIELD_REQUIRED},
+	{"ssl", set_listener_ssl, 0},
 	{NULL},
 };
 
@@ -736,6 +874,10 @@ static const struct field protocol_fields[] = {
 	{"backendCaFile", set_nonempty_str, offsetof(struct farm, protocol.backend_ca_file)},
 	{"clientCertFileName", set_nonempty_str, offsetof(struct farm, protocol.client_cert_file)},
 	{"clientCertPassword", set_str, offsetof(struct farm, protocol.client_cert_password)},
+	{"clientCertHeaderName", set_token_or_empty,
+	 offsetof(struct farm, protocol.client_cert_header)},
+	{"sslHeaderName", set_token_or_empty, offsetof(struct farm, protocol.ssl_header)},
+	{"clientCertRfc9440", set_bool, offsetof(struct farm, protocol.client_cert_rfc9440)},
 	{NULL},
 };
 
@@ -825,7 +967,10 @@ static int set_farms(struct cfg_ctx *c, const struct json_value *v, void *base,
 		old = path_idx(c, i);
 		farm->affinity.cookie_name = cfg_strdup(c, "ARRAffinity");
 		farm->protocol.xff_name = cfg_strdup(c, "X-Forwarded-For");
-		if (farm->affinity.cookie_name == NULL || farm->protocol.xff_name == NULL)
+		farm->protocol.client_cert_header = cfg_strdup(c, "X-ARR-ClientCert");
+		farm->protocol.ssl_header = cfg_strdup(c, "X-ARR-SSL");
+		if (farm->affinity.cookie_name == NULL || farm->protocol.xff_name == NULL ||
+		    farm->protocol.client_cert_header == NULL || farm->protocol.ssl_header == NULL)
 			return -1;
 		if (parse_fields(c, v->u.arr.items[i], farm_fields, farm) < 0)
 			return -1;
@@ -1096,8 +1241,29 @@ static const struct field top_fields[] = {
 	{NULL},
 };
 
-/* Every farm with a client certificate names a defined token (or there is
- * exactly one). Whether the certificate is on it is tls_prepare()'s check. */
+/* A certificate on a token names a defined token, or there is exactly one.
+ * c->path is the field to blame. */
+static int check_token_ref(struct cfg_ctx *c, const struct config *cfg, const char *tok,
+			   const char *field)
+{
+	unsigned int j;
+
+	if (!tok && cfg->ntokens != 1)
+		return cfg_fail(c,
+				cfg->ntokens ? "several tokens are defined: set %s"
+					     : "needs a token: none is defined in $.tokens",
+				field);
+	for (j = 0; tok && j < cfg->ntokens; j++)
+		if (!strcmp(cfg->tokens[j].name, tok))
+			return 0;
+	if (tok)
+		return cfg_fail(c, "token \"%s\" is not defined in $.tokens", tok);
+	return 0;
+}
+
+/* Every farm with a client certificate, and every listener certificate on a
+ * token, names a defined token (or there is exactly one). Whether the
+ * certificate is on it is tls_prepare()'s check. */
 static int check_identities(struct cfg_ctx *c, struct config *cfg)
 {
 	unsigned int i, j;
@@ -1115,16 +1281,24 @@ static int check_identities(struct cfg_ctx *c, struct config *cfg)
 		c->plen = strlen(c->path);
 		if (!f->protocol.client_cert_hash && !f->protocol.client_cert_file)
 			return cfg_fail(c, "names a token but no clientCertHash");
-		if (!tok && cfg->ntokens != 1)
-			return cfg_fail(c, cfg->ntokens
-						   ? "several tokens are defined: set "
-						     "clientCertToken"
-						   : "needs a token: none is defined in $.tokens");
-		for (j = 0; tok && j < cfg->ntokens; j++)
-			if (!strcmp(cfg->tokens[j].name, tok))
-				break;
-		if (tok && j == cfg->ntokens)
-			return cfg_fail(c, "token \"%s\" is not defined in $.tokens", tok);
+		if (check_token_ref(c, cfg, tok, "clientCertToken") < 0)
+			return -1;
+	}
+	for (i = 0; i < cfg->nlisteners; i++) {
+		const struct listener_ssl_cfg *ssl = cfg->listeners[i].ssl;
+
+		for (j = 0; ssl && j < ssl->ncerts; j++) {
+			const char *tok = ssl->certs[j].cert_token;
+
+			if (!ssl->certs[j].cert_hash)
+				continue;
+			snprintf(c->path, sizeof(c->path),
+				 "$.listeners[%u].ssl.certificates[%u].%s", i, j,
+				 tok ? "certificateToken" : "certificateHash");
+			c->plen = strlen(c->path);
+			if (check_token_ref(c, cfg, tok, "certificateToken") < 0)
+				return -1;
+		}
 	}
 	return 0;
 }
@@ -1144,8 +1318,26 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 		free(cfg->tokens[i].pin_file);
 	}
 	free(cfg->tokens);
-	for (i = 0; i < cfg->nlisteners; i++)
+	for (i = 0; i < cfg->nlisteners; i++) {
+		struct listener_ssl_cfg *ssl = cfg->listeners[i].ssl;
+
 		free(cfg->listeners[i].address);
+		if (!ssl)
+			continue;
+		for (j = 0; j < ssl->ncerts; j++) {
+			free(ssl->certs[j].cert_file);
+			free(ssl->certs[j].key_file);
+			free(ssl->certs[j].cert_hash);
+			free(ssl->certs[j].cert_token);
+			free(ssl->certs[j].chain_file);
+		}
+		free(ssl->certs);
+		free(ssl->client_ca_file);
+		for (j = 0; j < ssl->ncrl_files; j++)
+			free(ssl->crl_files[j]);
+		free(ssl->crl_files);
+		free(ssl);
+	}
 	free(cfg->listeners);
 	for (i = 0; i < cfg->nfarms; i++) {
 		struct farm *f = &cfg->farms[i];
@@ -1162,6 +1354,8 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 		free(f->lb.query_string_names);
 		free(f->affinity.cookie_name);
 		free(f->protocol.xff_name);
+		free(f->protocol.client_cert_header);
+		free(f->protocol.ssl_header);
 		free(f->protocol.client_cert_hash);
 		free(f->protocol.client_cert_token);
 		free(f->protocol.backend_ca_file);

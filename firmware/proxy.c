@@ -26,6 +26,7 @@
 #include "proxy.h"
 #include "rules.h"
 #include "tls.h"
+#include "tls_front.h"
 
 #define RESP_MAX_HEADERS 256
 #define LINGER_MS	 2000
@@ -39,7 +40,8 @@ struct listener {
 	socklen_t sslen;
 	char name[INET6_ADDRSTRLEN + 8];
 	char port[6];
-	int keep; /* reload bookkeeping */
+	int keep;	       /* reload bookkeeping */
+	struct front_tls *tls; /* HTTPS: the current generation's contexts, else NULL */
 };
 
 enum up_state {
@@ -70,11 +72,12 @@ struct upstream {
 };
 
 enum cl_state {
-	CL_HEAD = 0,	/* waiting for / parsing a request head */
-	CL_PROXY = 1,	/* a request is being proxied */
-	CL_TUNNEL = 2,	/* after 101: raw bytes both ways */
-	CL_CLOSING = 3, /* flush the output, then lingering close */
-	CL_LINGER = 4,	/* output shut down; drain input briefly */
+	CL_HEAD = 0,	  /* waiting for / parsing a request head */
+	CL_PROXY = 1,	  /* a request is being proxied */
+	CL_TUNNEL = 2,	  /* after 101: raw bytes both ways */
+	CL_CLOSING = 3,	  /* flush the output, then lingering close */
+	CL_LINGER = 4,	  /* output shut down; drain input briefly */
+	CL_HANDSHAKE = 5, /* HTTPS: TLS handshake before the first request */
 };
 
 enum resp_state {
@@ -101,6 +104,13 @@ struct client {
 	unsigned int req_done : 1, upgrade : 1, resp_rechunk : 1, resp_keep_up : 1;
 	unsigned int retried : 1, aborted : 1, head_pending : 1, up_head_built : 1;
 	unsigned int up_tls : 1; /* the rule rewrote to https://<farm>/ */
+	unsigned int orphan : 1; /* closed while a token signature was pending */
+	/* HTTPS listeners */
+	SSL *ssl;
+	struct tls_peer *peer;	   /* what the handshake established */
+	struct config *hs_cfg;	   /* keeps the listener's contexts alive during it */
+	struct front_tls *lst_tls; /* the listener's contexts (hs_cfg's), during it */
+	struct ev_fd async_ev;	   /* the signer's wait fd while a signature is pending */
 	/* timing */
 	uint64_t t_head_start; /* first byte of the current request head, 0 = none */
 	uint64_t t_idle_start; /* keep-alive wait start */
@@ -148,7 +158,8 @@ struct proxy {
 	struct list clients;
 	struct list graveyard_cl;
 	struct list graveyard_up;
-	struct list orphans;
+	struct list orphans;	/* upstreams */
+	struct list orphans_cl; /* clients */
 	unsigned int nclients;
 	int stopping;
 	struct http_hdr resp_hdrs[RESP_MAX_HEADERS];
@@ -317,6 +328,9 @@ static void client_arm_timer(struct client *cl)
 	uint64_t d = 0;
 
 	switch (cl->state) {
+	case CL_HANDSHAKE: /* part of the request head's time */
+		d = cl->t_head_start + cfg->timeouts.request_header_ms;
+		break;
 	case CL_HEAD:
 		if (buf_len(&cl->out))
 			d = cl->last_io_ms + cfg->timeouts.request_body_ms;
@@ -430,66 +444,92 @@ static int sock_write(int fd, struct buf *b, unsigned char *wr_ready)
 }
 
 /* TLS counterparts of sock_read/sock_write. A short SSL_read says nothing
- * about the socket (records), so readiness is cleared only on WANT_*. An
- * EOF without close_notify is an error: a close-delimited body cut by an
- * attacker must not look complete. */
-static int tls_read(struct upstream *up)
+ * about the socket (records), so readiness is cleared only on WANT_*. On the
+ * upstream side an EOF without close_notify is an error: a close-delimited
+ * body cut by an attacker must not look complete. */
+static int ssl_read_buf(SSL *ssl, struct buf *b, unsigned char *rd_ready, unsigned char *wr_ready,
+			unsigned char *eof, unsigned char *err)
 {
 	uint32_t room;
-	char *p = buf_tail(&up->in);
+	char *p = buf_tail(b);
 	int n;
 
-	room = buf_tail_room(&up->in);
+	room = buf_tail_room(b);
 	if (!room)
 		return 0;
 	/* no ERR_clear_error() here: every error path below leaves the queue
 	 * empty, which is what SSL_get_error needs (and it is a hot path) */
-	n = SSL_read(up->ssl, p, room);
+	n = SSL_read(ssl, p, room);
 	if (n > 0) {
-		buf_commit(&up->in, n);
+		buf_commit(b, n);
 		return n;
 	}
-	switch (SSL_get_error(up->ssl, n)) {
+	switch (SSL_get_error(ssl, n)) {
 	case SSL_ERROR_WANT_READ:
-		up->rd_ready = 0;
+		*rd_ready = 0;
 		return 0;
 	case SSL_ERROR_WANT_WRITE:
-		up->wr_ready = 0;
+		*wr_ready = 0;
 		return 0;
 	case SSL_ERROR_ZERO_RETURN:
-		up->eof = 1;
-		up->rd_ready = 0;
+		*eof = 1;
+		*rd_ready = 0;
 		return -1;
 	default:
 		ERR_clear_error();
-		up->eof = up->err = 1;
-		up->rd_ready = 0;
+		*eof = *err = 1;
+		*rd_ready = 0;
 		return -1;
 	}
 }
 
-static int tls_write(struct upstream *up)
+static int ssl_write_buf(SSL *ssl, struct buf *b, unsigned char *rd_ready, unsigned char *wr_ready)
 {
 	int n;
 
-	if (!buf_len(&up->out))
+	if (!buf_len(b))
 		return 0;
-	n = SSL_write(up->ssl, buf_ptr(&up->out), buf_len(&up->out));
+	n = SSL_write(ssl, buf_ptr(b), buf_len(b));
 	if (n > 0) {
-		buf_consume(&up->out, n);
+		buf_consume(b, n);
 		return n;
 	}
-	switch (SSL_get_error(up->ssl, n)) {
+	switch (SSL_get_error(ssl, n)) {
 	case SSL_ERROR_WANT_WRITE:
-		up->wr_ready = 0;
+		*wr_ready = 0;
 		return 0;
 	case SSL_ERROR_WANT_READ:
-		up->rd_ready = 0;
+		*rd_ready = 0;
 		return 0;
 	default:
 		ERR_clear_error();
 		return -1;
 	}
+}
+
+/* The signer closes a wait fd once its signature is done, which also takes
+ * it out of epoll: forget it then; never close it ourselves. */
+static void async_forget(SSL *ssl, struct ev_fd *aev)
+{
+	if (aev->fd >= 0 && !SSL_waiting_for_async(ssl))
+		aev->fd = -1;
+}
+
+/* Registers the wait fd of a handshake paused on a token signature
+ * (SSL_ERROR_WANT_ASYNC). */
+static void async_watch(SSL *ssl, struct ev_fd *aev,
+			void (*cb)(struct ev_loop *, struct ev_fd *, uint32_t))
+{
+	OSSL_ASYNC_FD fd;
+	size_t n = 0;
+
+	if (!SSL_get_all_async_fds(ssl, NULL, &n) || n != 1 || !SSL_get_all_async_fds(ssl, &fd, &n))
+		return;
+	if (fd == aev->fd)
+		return;
+	aev->fd = fd;
+	aev->cb = cb;
+	ev_fd_add(px.loop, aev, EPOLLIN);
 }
 
 /* Flushes the client's output. Returns 1 if bytes moved. On a write error
@@ -500,7 +540,8 @@ static int client_flush(struct client *cl)
 
 	if (!cl->wr_ready || !buf_len(&cl->out))
 		return 0;
-	n = sock_write(cl->ev.fd, &cl->out, &cl->wr_ready);
+	n = cl->ssl ? ssl_write_buf(cl->ssl, &cl->out, &cl->rd_ready, &cl->wr_ready)
+		    : sock_write(cl->ev.fd, &cl->out, &cl->wr_ready);
 	if (n > 0) {
 		cl->bytes_out += n;
 		cl->last_io_ms = px.loop->now_ms;
@@ -521,7 +562,9 @@ static int client_read(struct client *cl)
 
 	if (!cl->rd_ready || cl->eof)
 		return 0;
-	n = sock_read(cl->ev.fd, &cl->in, &cl->rd_ready, cl->rdhup, &cl->eof, &cl->err);
+	n = cl->ssl ? ssl_read_buf(cl->ssl, &cl->in, &cl->rd_ready, &cl->wr_ready, &cl->eof,
+				   &cl->err)
+		    : sock_read(cl->ev.fd, &cl->in, &cl->rd_ready, cl->rdhup, &cl->eof, &cl->err);
 	if (n > 0) {
 		cl->last_io_ms = px.loop->now_ms;
 		return 1;
@@ -585,30 +628,6 @@ static void client_error(struct client *cl, int status, const char *reason)
 /* ---- upstream connections ------------------------------------------------ */
 
 static void upstream_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events);
-
-/* The signer closes a wait fd once its signature is done, which also takes it
- * out of epoll: forget it then; never close it ourselves. */
-static void upstream_forget_async(struct upstream *up)
-{
-	if (up->async_ev.fd >= 0 && !SSL_waiting_for_async(up->ssl))
-		up->async_ev.fd = -1;
-}
-
-/* Registers the wait fd of a paused handshake (SSL_ERROR_WANT_ASYNC). */
-static void upstream_watch_async(struct upstream *up)
-{
-	OSSL_ASYNC_FD fd;
-	size_t n = 0;
-
-	if (!SSL_get_all_async_fds(up->ssl, NULL, &n) || n != 1 ||
-	    !SSL_get_all_async_fds(up->ssl, &fd, &n))
-		return;
-	if (fd == up->async_ev.fd)
-		return;
-	up->async_ev.fd = fd;
-	up->async_ev.cb = upstream_async_cb;
-	ev_fd_add(px.loop, &up->async_ev, EPOLLIN);
-}
 
 static void upstream_close(struct upstream *up)
 {
@@ -845,8 +864,14 @@ static int build_upstream_head(struct client *cl, struct upstream *up)
 	char num[32];
 	unsigned int i;
 	int has_conn_tokens = 0;
+	const struct tls_peer *pe = cl->peer;
+	const char *cch = f->protocol.client_cert_header, *sslh = f->protocol.ssl_header;
+	size_t cch_len = strlen(cch), sslh_len = strlen(sslh);
 	uint32_t need = r->head_len + cl->url_len + 1024 + sizeof(xffbuf) + sizeof(cl->up_host);
 
+	if (pe) /* the certificate may go twice (ARR's header and RFC 9440's) */
+		need += strlen(pe->ssl_summary) + 2 * (pe->cert_b64 ? strlen(pe->cert_b64) : 0) +
+			(pe->chain_b64 ? strlen(pe->chain_b64) : 0) + 128;
 	if (buf_ensure_free(&up->out, need) == -1)
 		return -1;
 
@@ -877,7 +902,7 @@ static int build_upstream_head(struct client *cl, struct upstream *up)
 
 		if (hop_by_hop(h) || identity_header(h) || hdr_is(h, "host") ||
 		    hdr_is(h, "expect") || hdr_is(h, "content-length") ||
-		    hdr_is(h, "x-forwarded-proto"))
+		    hdr_is(h, "x-forwarded-proto") || hdr_is(h, cch) || hdr_is(h, sslh))
 			continue;
 		if (xff_len && h->name_len == xff_len && !strncasecmp(h->name, xff, xff_len)) {
 			/* earlier hops; ours is appended below */
@@ -904,7 +929,27 @@ static int build_upstream_head(struct client *cl, struct upstream *up)
 				 f->protocol.xff_include_port ? cl->port : "");
 		put_hdr(&up->out, xff, xff_len, xffbuf, xffn);
 	}
-	put_lit(&up->out, "X-Forwarded-Proto: http\r\n");
+	if (cl->ssl) {
+		put_lit(&up->out, "X-Forwarded-Proto: https\r\n");
+		if (sslh_len && pe)
+			put_hdr(&up->out, sslh, sslh_len, pe->ssl_summary, strlen(pe->ssl_summary));
+	} else {
+		put_lit(&up->out, "X-Forwarded-Proto: http\r\n");
+	}
+	if (pe && pe->cert_b64) {
+		size_t n = strlen(pe->cert_b64);
+
+		if (cch_len)
+			put_hdr(&up->out, cch, cch_len, pe->cert_b64, n);
+		if (f->protocol.client_cert_rfc9440) {
+			put_lit(&up->out, "Client-Cert: :");
+			put_str(&up->out, pe->cert_b64, n);
+			put_lit(&up->out, ":\r\n");
+			if (pe->chain_b64)
+				put_hdr(&up->out, "Client-Cert-Chain", 17, pe->chain_b64,
+					strlen(pe->chain_b64));
+		}
+	}
 	if (cl->req_body == HTTP_BODY_LENGTH) {
 		int n = snprintf(num, sizeof(num), "%" PRIu64, r->content_length);
 
@@ -1046,6 +1091,16 @@ static void handle_request(struct client *cl)
 		if (cl->reqline[i] == '"')
 			cl->reqline[i] = '\'';
 
+	if (cl->peer && cl->peer->status) {
+		/* clientCertFailure Forbidden: IIS's 403.7 / 403.13 / 403.16 / 403.17 */
+		char body[96];
+
+		snprintf(body, sizeof(body), "403 Forbidden: %s\n", cl->peer->reason);
+		cl->close_after = 1;
+		cl->reason = cl->peer->reason;
+		local_response(cl, 403, NULL, NULL, body);
+		return;
+	}
 	if (r->method == HTTP_M_CONNECT || r->method == HTTP_M_TRACE) {
 		/* what follows a CONNECT is tunnel data, never a request: close */
 		cl->close_after = 1;
@@ -1063,7 +1118,12 @@ static void handle_request(struct client *cl)
 	ctx->query_len = q ? tlen - (q + 1 - target) : 0;
 	ctx->host = cl->host;
 	ctx->host_len = strlen(cl->host);
-	ctx->https = 0;
+	ctx->https = cl->ssl != NULL;
+	if (cl->peer) {
+		ctx->cert_subject = cl->peer->subject;
+		ctx->cert_issuer = cl->peer->issuer;
+		ctx->cert_serial = cl->peer->serial;
+	}
 	ctx->remote_addr = cl->ip;
 	ctx->remote_port = cl->port;
 	ctx->server_port = cl->lport;
@@ -1455,6 +1515,25 @@ static void request_done(struct client *cl)
 	cl->t_idle_start = now;
 }
 
+/* Frees what a closed client holds besides its buffers (post_batch frees
+ * those) and sends it to the graveyard. */
+static void client_release(struct client *cl)
+{
+	if (cl->ssl) {
+		SSL_free(cl->ssl);
+		cl->ssl = NULL;
+		ERR_clear_error();
+	}
+	tls_peer_free(cl->peer);
+	cl->peer = NULL;
+	if (cl->hs_cfg) {
+		cfg_put(cl->hs_cfg);
+		cl->hs_cfg = NULL;
+	}
+	ev_fd_close(px.loop, &cl->ev);
+	list_add_tail(&px.graveyard_cl, &cl->link);
+}
+
 static void client_close(struct client *cl)
 {
 	if (cl->closed)
@@ -1480,10 +1559,19 @@ static void client_close(struct client *cl)
 
 		setsockopt(cl->ev.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	}
-	ev_fd_close(px.loop, &cl->ev);
 	list_del(&cl->link);
-	list_add_tail(&px.graveyard_cl, &cl->link);
 	px.nclients--;
+	if (cl->ssl && SSL_waiting_for_async(cl->ssl)) {
+		/* a token signature is pending: its job must be resumed once more
+		 * before the connection (and its socket, which the job may still
+		 * write to) can go; hs_cfg keeps the key's generation alive */
+		cl->orphan = 1;
+		epoll_ctl(px.loop->epfd, EPOLL_CTL_DEL, cl->ev.fd, NULL);
+		shutdown(cl->ev.fd, SHUT_RDWR);
+		list_add_tail(&px.orphans_cl, &cl->link);
+		return;
+	}
+	client_release(cl);
 }
 
 /* Ends a request after a backend failure: a new attempt when nothing of it
@@ -1624,7 +1712,8 @@ static int upstream_write(struct client *cl, struct upstream *up)
 
 	if (!up->wr_ready || !buf_len(&up->out))
 		return 0;
-	n = up->ssl ? tls_write(up) : sock_write(up->ev.fd, &up->out, &up->wr_ready);
+	n = up->ssl ? ssl_write_buf(up->ssl, &up->out, &up->rd_ready, &up->wr_ready)
+		    : sock_write(up->ev.fd, &up->out, &up->wr_ready);
 	if (n > 0) {
 		up->sent_any = 1;
 		cl->up_sent += n;
@@ -1640,7 +1729,8 @@ static int upstream_read(struct client *cl, struct upstream *up)
 
 	if (!up->rd_ready || up->eof)
 		return 0;
-	n = up->ssl ? tls_read(up)
+	n = up->ssl ? ssl_read_buf(up->ssl, &up->in, &up->rd_ready, &up->wr_ready, &up->eof,
+				   &up->err)
 		    : sock_read(up->ev.fd, &up->in, &up->rd_ready, up->rdhup, &up->eof, &up->err);
 	if (n > 0) {
 		cl->up_recv += n;
@@ -1837,6 +1927,11 @@ static int step_closing(struct client *cl)
 	}
 	/* lingering close: unread input must not turn our close into a reset
 	 * that destroys the response before the client reads it */
+	if (cl->ssl && SSL_is_init_finished(cl->ssl)) {
+		ERR_clear_error();
+		SSL_shutdown(cl->ssl); /* close_notify, best effort */
+		ERR_clear_error();
+	}
 	shutdown(cl->ev.fd, SHUT_WR);
 	cl->state = CL_LINGER;
 	cl->last_io_ms = px.loop->now_ms;
@@ -1861,6 +1956,55 @@ static int step_linger(struct client *cl)
 	return 1;
 }
 
+static void client_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events);
+
+/* HTTPS: drives the handshake. The client certificate's verdict and what
+ * the farm is told about the connection are read once, at its end. */
+static int step_handshake(struct client *cl)
+{
+	int r;
+
+	ERR_clear_error();
+	r = SSL_do_handshake(cl->ssl);
+	async_forget(cl->ssl, &cl->async_ev);
+	if (r == 1) {
+		SSL_clear_mode(cl->ssl, SSL_MODE_ASYNC); /* signatures are done */
+		cl->peer = tls_peer_new(cl->ssl, cl->lst_tls);
+		cfg_put(cl->hs_cfg);
+		cl->hs_cfg = NULL;
+		cl->lst_tls = NULL;
+		if (!cl->peer) {
+			client_close(cl);
+			return 1;
+		}
+		cl->state = CL_HEAD;
+		cl->t_head_start = 0;
+		cl->t_idle_start = cl->last_io_ms = px.loop->now_ms;
+		return 1;
+	}
+	switch (SSL_get_error(cl->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		cl->rd_ready = 0;
+		return 0;
+	case SSL_ERROR_WANT_WRITE:
+		cl->wr_ready = 0;
+		return 0;
+	case SSL_ERROR_WANT_ASYNC:
+		async_watch(cl->ssl, &cl->async_ev, client_async_cb);
+		return 0;
+	default:
+		if (SSL_get_verify_result(cl->ssl) != X509_V_OK ||
+		    SSL_get_verify_mode(cl->ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+			LOGI("%s:%s: %s", cl->ip, cl->port,
+			     tls_handshake_failure(cl->ssl, "client"));
+		else
+			LOGD("%s:%s: %s", cl->ip, cl->port,
+			     tls_handshake_failure(cl->ssl, "client"));
+		client_close(cl);
+		return 1;
+	}
+}
+
 /* Runs the client's state machine until nothing moves. */
 static void client_pump(struct client *cl)
 {
@@ -1881,6 +2025,9 @@ static void client_pump(struct client *cl)
 			break;
 		case CL_CLOSING:
 			p = step_closing(cl);
+			break;
+		case CL_HANDSHAKE:
+			p = step_handshake(cl);
 			break;
 		default:
 			p = step_linger(cl);
@@ -1919,7 +2066,7 @@ static int upstream_handshake(struct client *cl, struct upstream *up)
 
 	ERR_clear_error();
 	r = SSL_do_handshake(up->ssl);
-	upstream_forget_async(up);
+	async_forget(up->ssl, &up->async_ev);
 	if (r == 1) {
 		/* signatures are done: later reads and writes need no ASYNC jobs */
 		SSL_clear_mode(up->ssl, SSL_MODE_ASYNC);
@@ -1935,7 +2082,7 @@ static int upstream_handshake(struct client *cl, struct upstream *up)
 		up->wr_ready = 0;
 		return 0;
 	case SSL_ERROR_WANT_ASYNC:
-		upstream_watch_async(up);
+		async_watch(up->ssl, &up->async_ev, upstream_async_cb);
 		return 0;
 	default: {
 		snprintf(cl->reason_buf, sizeof(cl->reason_buf), "%s",
@@ -2018,7 +2165,7 @@ static void upstream_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t ev
 		/* resume the job so it completes, then let the connection go */
 		ERR_clear_error();
 		SSL_do_handshake(up->ssl);
-		upstream_forget_async(up);
+		async_forget(up->ssl, &up->async_ev);
 		if (!SSL_waiting_for_async(up->ssl)) {
 			up->state = UP_ACTIVE;
 			upstream_close(up);
@@ -2027,6 +2174,27 @@ static void upstream_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t ev
 	}
 	if (up->state == UP_HANDSHAKE && up->cl && upstream_handshake(up->cl, up) == 1)
 		client_pump(up->cl);
+}
+
+/* The signer finished a signature a client's handshake waits for. */
+static void client_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	struct client *cl = container_of(w, struct client, async_ev);
+
+	(void)loop;
+	(void)events;
+	if (cl->orphan) {
+		/* resume the job so it completes, then let the connection go */
+		ERR_clear_error();
+		SSL_do_handshake(cl->ssl);
+		async_forget(cl->ssl, &cl->async_ev);
+		if (!SSL_waiting_for_async(cl->ssl)) {
+			list_del(&cl->link);
+			client_release(cl);
+		}
+		return;
+	}
+	client_pump(cl);
 }
 
 static void client_timer_cb(struct ev_loop *loop, struct ev_timer *t)
@@ -2113,6 +2281,17 @@ static void client_new(struct listener *lst, int fd, const struct sockaddr_stora
 	cl->wr_ready = 1;
 	cl->state = CL_HEAD;
 	cl->t_idle_start = cl->last_io_ms = px.loop->now_ms;
+	cl->async_ev.fd = -1;
+	if (lst->tls) {
+		cl->ssl = tls_front_conn_new(lst->tls, fd);
+		if (!cl->ssl)
+			goto fail_buf;
+		cl->state = CL_HANDSHAKE;
+		cl->t_head_start = px.loop->now_ms;
+		cl->lst_tls = lst->tls;
+		cl->hs_cfg = px.cfg;
+		cfg_get(cl->hs_cfg);
+	}
 	list_init(&cl->link);
 	if (ev_fd_add(px.loop, &cl->ev, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) == -1)
 		goto fail_buf;
@@ -2122,6 +2301,9 @@ static void client_new(struct listener *lst, int fd, const struct sockaddr_stora
 	return;
 
 fail_buf:
+	if (cl->hs_cfg)
+		cfg_put(cl->hs_cfg);
+	SSL_free(cl->ssl);
 	buf_free(&cl->in);
 	buf_free(&cl->out);
 	free(cl->hdrs);
@@ -2219,6 +2401,7 @@ static struct listener *listener_open(const struct listener_cfg *lc, char *err, 
 		goto fail_fd;
 	l->ev.fd = fd;
 	l->ev.cb = listener_cb;
+	l->tls = lc->tls;
 	if (ev_fd_add(px.loop, &l->ev, EPOLLIN) == -1)
 		goto fail_fd;
 	list_init(&l->link);
@@ -2279,6 +2462,7 @@ int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errl
 	list_init(&px.graveyard_cl);
 	list_init(&px.graveyard_up);
 	list_init(&px.orphans);
+	list_init(&px.orphans_cl);
 	ev_timer_init(&accept_pause, accept_resume_cb);
 	loop->post_batch = post_batch_check;
 	if (lb_attach(cfg) == -1) {
@@ -2314,6 +2498,7 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 
 		if (l) {
 			l->keep = 1;
+			l->tls = cfg->listeners[i].tls; /* takes effect with px.cfg below */
 			continue;
 		}
 		l = listener_open(&cfg->listeners[i], err, errlen);
@@ -2375,7 +2560,8 @@ unsigned int proxy_shutdown(void)
 	{
 		struct client *cl = container_of(pos, struct client, link);
 
-		if (cl->state == CL_HEAD && !buf_len(&cl->in) && !buf_len(&cl->out))
+		if ((cl->state == CL_HEAD && !buf_len(&cl->in) && !buf_len(&cl->out)) ||
+		    cl->state == CL_HANDSHAKE)
 			client_close(cl);
 	}
 	for (i = 0; i < px.cfg->nfarms; i++)
@@ -2401,6 +2587,13 @@ void proxy_free(void)
 			for (j = 0; j < px.cfg->farms[i].nservers; j++)
 				if (px.cfg->farms[i].servers[j].rt)
 					pool_drain(px.cfg->farms[i].servers[j].rt);
+	}
+	while (!list_empty(&px.orphans_cl)) {
+		/* exit: nothing will resume their jobs; OpenSSL frees them */
+		struct client *cl = container_of(px.orphans_cl.next, struct client, link);
+
+		list_del(&cl->link);
+		client_release(cl);
 	}
 	while (!list_empty(&px.orphans)) {
 		/* exit: nothing will resume their jobs; OpenSSL frees them */

@@ -104,8 +104,9 @@ struct tpl_ref {
 
 /* Server variables with a fixed meaning (HTTP_<NAME> is handled apart). */
 static const char *const known_vars[] = {
-	"HTTP_HOST",   "URL",	      "QUERY_STRING", "HTTPS",
-	"REMOTE_ADDR", "REMOTE_PORT", "SERVER_PORT",  "REQUEST_METHOD",
+	"HTTP_HOST",	      "URL",	      "QUERY_STRING", "HTTPS",
+	"REMOTE_ADDR",	      "REMOTE_PORT",  "SERVER_PORT",  "REQUEST_METHOD",
+	"SERVER_PORT_SECURE", "CERT_SUBJECT", "CERT_ISSUER",  "CERT_SERIALNUMBER",
 };
 
 static int ascii_lower(int c)
@@ -274,6 +275,15 @@ int rules_var(const struct rule_ctx *ctx, const char *name, size_t name_len, con
 		*len = ctx->https ? 2 : 3;
 		return 0;
 	}
+	if (name_is(name, name_len, "SERVER_PORT_SECURE"))
+		return cstr_var(ctx->https ? "1" : "0", val, len);
+	/* the client certificate's fields: empty without one, as in IIS */
+	if (name_is(name, name_len, "CERT_SUBJECT"))
+		return cstr_var(ctx->cert_subject ? ctx->cert_subject : "", val, len);
+	if (name_is(name, name_len, "CERT_ISSUER"))
+		return cstr_var(ctx->cert_issuer ? ctx->cert_issuer : "", val, len);
+	if (name_is(name, name_len, "CERT_SERIALNUMBER"))
+		return cstr_var(ctx->cert_serial ? ctx->cert_serial : "", val, len);
 	if (name_is(name, name_len, "REMOTE_ADDR"))
 		return cstr_var(ctx->remote_addr, val, len);
 	if (name_is(name, name_len, "REMOTE_PORT"))

@@ -17,11 +17,14 @@ struct rule_ctx {
 	size_t query_len;
 	const char *host; /* {HTTP_HOST} */
 	size_t host_len;
-	int https;		 /* {HTTPS}: "on" / "off" */
-	const char *remote_addr; /* {REMOTE_ADDR}, NUL-terminated */
-	const char *remote_port; /* {REMOTE_PORT}, NUL-terminated */
-	const char *server_port; /* {SERVER_PORT}, NUL-terminated */
-	const char *method;	 /* {REQUEST_METHOD} */
+	int https;		  /* {HTTPS}: "on" / "off"; {SERVER_PORT_SECURE} */
+	const char *cert_subject; /* {CERT_SUBJECT} of the client certificate, or NULL */
+	const char *cert_issuer;  /* {CERT_ISSUER} */
+	const char *cert_serial;  /* {CERT_SERIALNUMBER} */
+	const char *remote_addr;  /* {REMOTE_ADDR}, NUL-terminated */
+	const char *remote_port;  /* {REMOTE_PORT}, NUL-terminated */
+	const char *server_port;  /* {SERVER_PORT}, NUL-terminated */
+	const char *method;	  /* {REQUEST_METHOD} */
 	size_t method_len;
 	const struct http_hdr *hdrs; /* for {HTTP_<NAME>} (NAME: '_' matches '-') */
 	unsigned int nhdrs;

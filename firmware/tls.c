@@ -18,6 +18,7 @@
 #include "log.h"
 #include "p11.h"
 #include "tls.h"
+#include "tls_front.h"
 
 #define DEFAULT_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
 
@@ -369,30 +370,61 @@ static void farm_tls_free(struct farm_tls *ft)
 {
 	if (!ft)
 		return;
-	if (ft->token && ft->pkey)
-		signer_unbind_key(ft->token->signer, ft->pkey);
+	tls_token_identity_free(&ft->id);
 	SSL_CTX_free(ft->ctx);
-	EVP_PKEY_free(ft->pkey);
-	X509_free(ft->cert);
 	free(ft);
 }
 
-static struct fg_token *farm_token(struct config *cfg, const struct farm *f, char *err,
-				   size_t errlen, unsigned int fi)
+/* The token called name (NULL: the only one), opened on first use. */
+static struct fg_token *token_by_name(struct config *cfg, const char *name, char *err,
+				      size_t errlen)
 {
-	const char *name = f->protocol.client_cert_token;
 	unsigned int i;
 
 	for (i = 0; i < cfg->ntokens; i++)
-		if (!name || !strcmp(cfg->tokens[i].name, name)) {
-			struct fg_token *t = token_get(&cfg->tokens[i], i, err, errlen);
-
-			if (!t)
-				return NULL;
-			return t;
-		}
-	snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertToken: no such token", fi);
+		if (!name || !strcmp(cfg->tokens[i].name, name))
+			return token_get(&cfg->tokens[i], i, err, errlen);
+	snprintf(err, errlen, "no such token"); /* cfg_load checked: not reached */
 	return NULL;
+}
+
+int tls_token_identity(struct config *cfg, const char *token, const unsigned char *thumb,
+		       size_t thumb_len, const char *path, struct token_identity *id,
+		       struct sign_stats *stats, char *err, size_t errlen)
+{
+	struct identity_job job;
+
+	memset(id, 0, sizeof(*id));
+	id->token = token_by_name(cfg, token, err, errlen);
+	if (!id->token)
+		return -1;
+	memset(&job, 0, sizeof(job));
+	job.thumb = thumb;
+	job.thumb_len = thumb_len;
+	if (signer_call(id->token->signer, identity_lookup, &job) != 0) {
+		snprintf(err, errlen, "%s: %s", path,
+			 job.err[0] ? job.err : "the token is not available");
+		return -1;
+	}
+	id->pkey = job.pkey;
+	id->cert = job.cert;
+	id->can_pss = job.can_pss;
+	if (signer_bind_key(id->token->signer, id->pkey, stats) == -1) {
+		snprintf(err, errlen, "%s: not a token key", path);
+		tls_token_identity_free(id);
+		return -1;
+	}
+	id->bound = 1;
+	return 0;
+}
+
+void tls_token_identity_free(struct token_identity *id)
+{
+	if (id->token && id->pkey && id->bound)
+		signer_unbind_key(id->token->signer, id->pkey);
+	EVP_PKEY_free(id->pkey);
+	X509_free(id->cert);
+	memset(id, 0, sizeof(*id));
 }
 
 static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, char *err,
@@ -431,7 +463,7 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 	SSL_CTX_sess_set_new_cb(ft->ctx, new_session_cb);
 
 	if (f->protocol.client_cert_hash || f->protocol.client_cert_file) {
-		struct identity_job job;
+		char path[64];
 		unsigned int i;
 
 		if (f->protocol.client_cert_hash &&
@@ -440,13 +472,12 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 			snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertHash: %s", fi, e);
 			return -1;
 		}
-		ft->token = farm_token(cfg, f, err, errlen, fi);
-		if (!ft->token)
-			return -1;
 		if (f->protocol.client_cert_file) {
 			unsigned char pfx_thumb[20];
+			struct fg_token *t =
+				token_by_name(cfg, f->protocol.client_cert_token, err, errlen);
 
-			if (farm_pfx(f, ft->token, fi, pfx_thumb, err, errlen) == -1)
+			if (!t || farm_pfx(f, t, fi, pfx_thumb, err, errlen) == -1)
 				return -1;
 			if (f->protocol.client_cert_hash &&
 			    (thumb_len != 20 || memcmp(thumb, pfx_thumb, 20))) {
@@ -460,16 +491,13 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 			memcpy(thumb, pfx_thumb, 20);
 			thumb_len = 20;
 		}
-		memset(&job, 0, sizeof(job));
-		job.thumb = thumb;
-		job.thumb_len = thumb_len;
-		if (signer_call(ft->token->signer, identity_lookup, &job) != 0) {
-			snprintf(err, errlen, "$.webFarms[%u].protocol.clientCertHash: %s", fi,
-				 job.err[0] ? job.err : "the token is not available");
+		snprintf(path, sizeof(path), "$.webFarms[%u].protocol.clientCertHash", fi);
+		if (tls_token_identity(cfg, f->protocol.client_cert_token, thumb, thumb_len, path,
+				       &ft->id, &ft->stats, err, errlen) == -1)
 			return -1;
-		}
-		ft->pkey = job.pkey;
-		ft->cert = job.cert;
+		ft->token = ft->id.token;
+		ft->pkey = ft->id.pkey;
+		ft->cert = ft->id.cert;
 		{
 			unsigned char md[20];
 			unsigned int n = 0;
@@ -487,12 +515,7 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 			ERR_clear_error();
 			return -1;
 		}
-		if (signer_bind_key(ft->token->signer, ft->pkey, &ft->stats) == -1) {
-			snprintf(err, errlen,
-				 "$.webFarms[%u].protocol.clientCertHash: not a token key", fi);
-			return -1;
-		}
-		if (EVP_PKEY_get_base_id(ft->pkey) == EVP_PKEY_RSA && !job.can_pss) {
+		if (EVP_PKEY_get_base_id(ft->pkey) == EVP_PKEY_RSA && !ft->id.can_pss) {
 			/* TLS 1.3 needs RSA-PSS signatures; this token cannot make them */
 			ft->tls12_only = 1;
 			SSL_CTX_set_max_proto_version(ft->ctx, TLS1_2_VERSION);
@@ -538,6 +561,8 @@ int tls_prepare(struct config *cfg, char *err, size_t errlen)
 	for (i = 0; i < cfg->nfarms; i++)
 		if (farm_prepare(cfg, &cfg->farms[i], i, err, errlen) == -1)
 			return -1; /* the caller frees cfg, and with it what was built */
+	if (tls_front_prepare(cfg, err, errlen) == -1)
+		return -1;
 	cfg->tls_prepared = 1;
 	return 0;
 }
@@ -550,6 +575,7 @@ void tls_config_free(struct config *cfg)
 		farm_tls_free(cfg->farms[i].tls);
 		cfg->farms[i].tls = NULL;
 	}
+	tls_front_free(cfg);
 }
 
 void tls_shutdown(void)
@@ -609,18 +635,14 @@ SSL *tls_conn_new(struct farm *f, struct server *srv, int fd)
 	return ssl;
 }
 
-const char *tls_failure_reason(SSL *ssl, const struct farm *f)
+const char *tls_handshake_failure(SSL *ssl, const char *peer)
 {
 	static char buf[256];
 	long v = SSL_get_verify_result(ssl);
 	unsigned long e = ERR_peek_last_error();
 
-	if (f->tls && f->tls->token && !signer_is_up(f->tls->token->signer)) {
-		ERR_clear_error();
-		return "client identity unavailable";
-	}
 	if (v != X509_V_OK) {
-		snprintf(buf, sizeof(buf), "backend certificate rejected: %s",
+		snprintf(buf, sizeof(buf), "%s certificate rejected: %s", peer,
 			 X509_verify_cert_error_string(v));
 	} else if (e) {
 		snprintf(buf, sizeof(buf), "TLS handshake failed: %s",
@@ -630,6 +652,15 @@ const char *tls_failure_reason(SSL *ssl, const struct farm *f)
 	}
 	ERR_clear_error();
 	return buf;
+}
+
+const char *tls_failure_reason(SSL *ssl, const struct farm *f)
+{
+	if (f->tls && f->tls->token && !signer_is_up(f->tls->token->signer)) {
+		ERR_clear_error();
+		return "client identity unavailable";
+	}
+	return tls_handshake_failure(ssl, "backend");
 }
 
 void tls_forget_sessions(struct config *cfg, struct fg_token *tok)

@@ -28,15 +28,35 @@ struct fg_token {
 	struct ev_fd state_ev; /* the signer's state eventfd, in the loop */
 };
 
+/* A certificate on a token and its key, whose signatures run on the token's
+ * signer (and count in the stats given to tls_token_identity). */
+struct token_identity {
+	struct fg_token *token;
+	EVP_PKEY *pkey; /* private operations on the token */
+	X509 *cert;
+	int can_pss; /* the token can make RSA-PSS signatures (TLS 1.3) */
+	int bound;   /* bound to the signer */
+};
+
+/* Opens the token called token (NULL: the only one) if needed and finds the
+ * certificate with this thumbprint and its key. Lookup errors read
+ * "<path>: <reason>"; token errors name $.tokens[i]. Blocks on the token's
+ * signer (configuration time only). Returns 0 or -1. */
+int tls_token_identity(struct config *cfg, const char *token, const unsigned char *thumb,
+		       size_t thumb_len, const char *path, struct token_identity *id,
+		       struct sign_stats *stats, char *err, size_t errlen);
+void tls_token_identity_free(struct token_identity *id);
+
 /* A farm's upstream TLS context, one per configuration generation. */
 struct farm_tls {
 	SSL_CTX *ctx;
-	struct fg_token *token; /* NULL: no client certificate */
-	EVP_PKEY *pkey;		/* the token key (private operations on the token) */
-	X509 *cert;
-	uint64_t ident; /* identity: pooled connections and sessions carry it */
-	int tls12_only; /* the token cannot do RSA-PSS */
-	char sha1[41];	/* the certificate's thumbprint, upper-case hex */
+	struct token_identity id;
+	struct fg_token *token; /* id.token; NULL: no client certificate */
+	EVP_PKEY *pkey;		/* id.pkey */
+	X509 *cert;		/* id.cert */
+	uint64_t ident;		/* identity: pooled connections and sessions carry it */
+	int tls12_only;		/* the token cannot do RSA-PSS */
+	char sha1[41];		/* the certificate's thumbprint, upper-case hex */
 	struct sign_stats stats;
 };
 
@@ -67,6 +87,11 @@ int tls_identity_up(const struct farm *f);
  * host-name or pin verification, and the server's last session when it was
  * made with the same identity. NULL on allocation failure. */
 SSL *tls_conn_new(struct farm *f, struct server *srv, int fd);
+
+/* After a failed handshake, either side: why, in one line ("<peer>
+ * certificate rejected: ..." or "TLS handshake failed: ..."). Clears
+ * OpenSSL's error queue. The text lives until the next call. */
+const char *tls_handshake_failure(SSL *ssl, const char *peer);
 
 /* After a failed handshake: why, in one line (for the log and 502 reason). */
 const char *tls_failure_reason(SSL *ssl, const struct farm *f);
