@@ -161,6 +161,7 @@ struct proxy {
 	struct list orphans;	/* upstreams */
 	struct list orphans_cl; /* clients */
 	unsigned int nclients;
+	uint64_t token_warn_ms; /* last "server key's token is down" warning */
 	int stopping;
 	struct http_hdr resp_hdrs[RESP_MAX_HEADERS];
 	char scratch[16384]; /* rule results: used and copied within one call */
@@ -1962,6 +1963,7 @@ static void client_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t even
  * the farm is told about the connection are read once, at its end. */
 static int step_handshake(struct client *cl)
 {
+	const char *tok;
 	int r;
 
 	ERR_clear_error();
@@ -1993,8 +1995,19 @@ static int step_handshake(struct client *cl)
 		async_watch(cl->ssl, &cl->async_ev, client_async_cb);
 		return 0;
 	default:
-		if (SSL_get_verify_result(cl->ssl) != X509_V_OK ||
-		    SSL_get_verify_mode(cl->ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+		tok = tls_front_token_down(cl->lst_tls);
+		if (tok && px.loop->now_ms - px.token_warn_ms >= 1000) {
+			/* once a second at most: every full handshake fails now */
+			px.token_warn_ms = px.loop->now_ms;
+			LOGW("%s:%s: TLS handshake failed: the server key's token %s is down",
+			     cl->ip, cl->port, tok);
+		}
+		if (tok)
+			ERR_clear_error();
+		else if (SSL_get_verify_result(cl->ssl) != X509_V_OK ||
+			 ERR_GET_REASON(ERR_peek_last_error()) ==
+				 SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+			/* a refused client certificate: the operator may be asked why */
 			LOGI("%s:%s: %s", cl->ip, cl->port,
 			     tls_handshake_failure(cl->ssl, "client"));
 		else
@@ -2498,7 +2511,6 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 
 		if (l) {
 			l->keep = 1;
-			l->tls = cfg->listeners[i].tls; /* takes effect with px.cfg below */
 			continue;
 		}
 		l = listener_open(&cfg->listeners[i], err, errlen);
@@ -2512,6 +2524,12 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 		goto fail;
 	}
 	px.cfg = cfg;
+	for (i = 0; i < cfg->nlisteners; i++) {
+		struct listener *l = listener_find(&cfg->listeners[i]);
+
+		if (l) /* new connections get the new generation's contexts */
+			l->tls = cfg->listeners[i].tls;
+	}
 	list_for_each_safe(pos, tmp, &px.listeners)
 	{
 		struct listener *l = container_of(pos, struct listener, link);

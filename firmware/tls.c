@@ -715,4 +715,5 @@ void tls_log_stats(const struct config *cfg)
 		     n ? (unsigned long long)atomic_load(&ft->stats.total_us) / n : 0ULL,
 		     (unsigned long long)atomic_load(&ft->stats.max_us), ft->sha1, ft->token->name);
 	}
+	tls_front_log_stats(cfg);
 }

@@ -567,6 +567,16 @@ int tls_front_async(const struct front_tls *ft)
 	return ft->async;
 }
 
+const char *tls_front_token_down(const struct front_tls *ft)
+{
+	unsigned int i;
+
+	for (i = 0; ft && i < ft->ncerts; i++)
+		if (ft->certs[i].id.token && !signer_is_up(ft->certs[i].id.token->signer))
+			return ft->certs[i].id.token->name;
+	return NULL;
+}
+
 /* ---- what the handshake established ----------------------------------------- */
 
 /* A distinguished name as IIS shows it: "C=US, S=WA, O=Example, CN=Jane",
@@ -770,4 +780,28 @@ void tls_peer_free(struct tls_peer *p)
 	free(p->issuer);
 	free(p->serial);
 	free(p);
+}
+
+void tls_front_log_stats(const struct config *cfg)
+{
+	unsigned int i, j;
+
+	for (i = 0; cfg && i < cfg->nlisteners; i++) {
+		const struct front_tls *ft = cfg->listeners[i].tls;
+
+		for (j = 0; ft && j < ft->ncerts; j++) {
+			const struct front_cert *fc = &ft->certs[j];
+			unsigned long long n;
+
+			if (!fc->id.token)
+				continue;
+			n = atomic_load(&fc->stats.count);
+			LOGI("listener %s:%u certificate %u: %llu token signatures, average %llu "
+			     "us, max %llu us (token %s)",
+			     cfg->listeners[i].address, cfg->listeners[i].port, j, n,
+			     n ? (unsigned long long)atomic_load(&fc->stats.total_us) / n : 0ULL,
+			     (unsigned long long)atomic_load(&fc->stats.max_us),
+			     fc->id.token->name);
+		}
+	}
 }

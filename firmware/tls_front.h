@@ -25,6 +25,9 @@ SSL *tls_front_conn_new(struct front_tls *ft, int fd);
 /* 1 if handshakes on ft may pause for a token signature (SSL_MODE_ASYNC). */
 int tls_front_async(const struct front_tls *ft);
 
+/* The name of a token holding one of ft's keys that is down now, or NULL. */
+const char *tls_front_token_down(const struct front_tls *ft);
+
 /* What a finished handshake established, kept by the client connection. */
 struct tls_peer {
 	int status;	    /* 0, or 403 when the listener refuses with HTTP */
@@ -43,5 +46,8 @@ struct tls_peer {
  * failure. */
 struct tls_peer *tls_peer_new(SSL *ssl, const struct front_tls *ft);
 void tls_peer_free(struct tls_peer *p);
+
+/* Logs the token signature counters of listeners' certificates. */
+void tls_front_log_stats(const struct config *cfg);
 
 #endif

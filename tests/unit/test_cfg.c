@@ -704,6 +704,61 @@ static const struct err_case err_cases[] = {
 	{"{" LISTEN
 	 ",'rules':[" RULE(",'conditions':[{'input':'{NO_SUCH_VAR}','pattern':'x'}]") "]}",
 	 "$.rules[0].conditions.add[0].input: unknown server variable {NO_SUCH_VAR}"},
+	/* HTTPS listeners */
+	{"{'listeners':[{'port':443,'ssl':{}}]}", "$.listeners[0].ssl.certificates: is required"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[]}}]}",
+	 "$.listeners[0].ssl.certificates: at least one certificate is required"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{}]}}]}",
+	 "$.listeners[0].ssl.certificates[0]: needs certificateFile and keyFile, or "
+	 "certificateHash"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c'}]}}]}",
+	 "$.listeners[0].ssl.certificates[0].keyFile: is required with certificateFile"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/k',"
+	 "'certificateHash':'00'}]}}]}",
+	 "$.listeners[0].ssl.certificates[0]: certificateHash (a token certificate) and "
+	 "certificateFile/keyFile are exclusive"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/k',"
+	 "'chainFile':'/x'}]}}]}",
+	 "$.listeners[0].ssl.certificates[0]: certificateToken and chainFile go with "
+	 "certificateHash (a certificate file carries its own chain)"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/"
+	 "k'}],"
+	 "'clientCertificates':'Require'}}]}",
+	 "$.listeners[0].ssl.clientCaFile: is required when clientCertificates is Require"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/"
+	 "k'}],"
+	 "'clientCertificates':'Maybe'}}]}",
+	 "$.listeners[0].ssl.clientCertificates: unknown clientCertificates \"Maybe\" (expected "
+	 "Ignore, Accept or Require)"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/"
+	 "k'}],"
+	 "'clientCertFailure':'Drop'}}]}",
+	 "$.listeners[0].ssl.clientCertFailure: unknown clientCertFailure \"Drop\" (expected "
+	 "Handshake or Forbidden)"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/"
+	 "k'}],"
+	 "'verifyDepth':17}}]}",
+	 "$.listeners[0].ssl.verifyDepth: must be an integer from 0 to 16"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/"
+	 "k'}],"
+	 "'crlFiles':['']}}]}",
+	 "$.listeners[0].ssl.crlFiles[0]: must be a non-empty path"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateFile':'/c','keyFile':'/"
+	 "k'}],"
+	 "'sessionTicketKeyRotation':'00:00:00'}}]}",
+	 "$.listeners[0].ssl.sessionTicketKeyRotation: must be a duration from 00:00:01 to "
+	 "24.00:00:00"},
+	{"{'listeners':[{'port':443,'ssl':{'certificates':[{'certificateHash':'00'}]}}]}",
+	 "$.listeners[0].ssl.certificates[0].certificateHash: needs a token: none is defined in "
+	 "$.tokens"},
+	{"{'tokens':[{'name':'a','module':'/m','uri':'pkcs11:token=a','pinFile':'/p'}],"
+	 "'listeners':[{'port':443,'ssl':{'certificates':[{'certificateHash':'00',"
+	 "'certificateToken':'b'}]}}]}",
+	 "$.listeners[0].ssl.certificates[0].certificateToken: token \"b\" is not defined in "
+	 "$.tokens"},
+	{"{" LISTEN ",'webFarms':[{'name':'web','protocol':{'clientCertHeaderName':'a b'}}]}",
+	 "$.webFarms[0].protocol.clientCertHeaderName: must be a non-empty HTTP token (letters, "
+	 "digits, !#$%&'*+-.^_`|~)"},
 	/* JSON syntax errors: line and column */
 	{"{\n  'listeners': [\n    {'port' 80}\n  ]\n}",
 	 "line 3, column 13: unexpected character '8', expected ':' after the key"},
