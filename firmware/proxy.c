@@ -254,11 +254,30 @@ static int hop_by_hop(const struct http_hdr *h)
 	return 0;
 }
 
+/* Header name h is lit, ASCII case-insensitive, '_' matching '-': backends
+ * that read headers CGI-style (HTTP_X_ARR_CLIENTCERT) take both as one. */
+static int hdr_is_loose(const struct http_hdr *h, const char *lit)
+{
+	size_t i, n = strlen(lit);
+
+	if (h->name_len != n || !n)
+		return 0;
+	for (i = 0; i < n; i++) {
+		int a = (unsigned char)h->name[i], b = (unsigned char)lit[i];
+
+		a = a == '_' ? '-' : (a >= 'A' && a <= 'Z' ? a + 32 : a);
+		b = b == '_' ? '-' : (b >= 'A' && b <= 'Z' ? b + 32 : b);
+		if (a != b)
+			return 0;
+	}
+	return 1;
+}
+
 /* Identity headers only farmgated may set: always removed from requests. */
 static int identity_header(const struct http_hdr *h)
 {
-	return hdr_is(h, "x-arr-clientcert") || hdr_is(h, "x-arr-ssl") ||
-	       hdr_is(h, "client-cert") || hdr_is(h, "client-cert-chain");
+	return hdr_is_loose(h, "x-arr-clientcert") || hdr_is_loose(h, "x-arr-ssl") ||
+	       hdr_is_loose(h, "client-cert") || hdr_is_loose(h, "client-cert-chain");
 }
 
 static void put_str(struct buf *b, const char *s, size_t n)
@@ -903,7 +922,7 @@ static int build_upstream_head(struct client *cl, struct upstream *up)
 
 		if (hop_by_hop(h) || identity_header(h) || hdr_is(h, "host") ||
 		    hdr_is(h, "expect") || hdr_is(h, "content-length") ||
-		    hdr_is(h, "x-forwarded-proto") || hdr_is(h, cch) || hdr_is(h, sslh))
+		    hdr_is(h, "x-forwarded-proto") || hdr_is_loose(h, cch) || hdr_is_loose(h, sslh))
 			continue;
 		if (xff_len && h->name_len == xff_len && !strncasecmp(h->name, xff, xff_len)) {
 			/* earlier hops; ours is appended below */
@@ -2013,7 +2032,11 @@ static int step_handshake(struct client *cl)
 		else
 			LOGD("%s:%s: %s", cl->ip, cl->port,
 			     tls_handshake_failure(cl->ssl, "client"));
-		client_close(cl);
+		/* lingering close: in TLS 1.3 the client may have sent its request
+		 * already; closing on it would reset the alert away */
+		shutdown(cl->ev.fd, SHUT_WR);
+		cl->state = CL_LINGER;
+		cl->last_io_ms = px.loop->now_ms;
 		return 1;
 	}
 }

@@ -91,16 +91,35 @@ class Pki:
     """A test CA in <tmp>/<name>/ (RSA 2048, openssl req -x509) issuing server and client
     certificates with openssl x509 -req."""
 
-    def __init__(self, env, name="ca", cn=None):
+    def __init__(self, env, name="ca", cn=None, parent=None):
         self.env = env
+        self.name = name
         self.dir = env.mkdtemp(name)
         self.crt = os.path.join(self.dir, "ca.crt")
         self.key = os.path.join(self.dir, "ca.key")
+        self.cn = cn or "Farmgate test " + name
+        self.parent = parent
         self._serial = 0x1000 + (os.getpid() & 0xffff) * 0x100
-        self.openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
-                     "-out", self.crt, "-days", "30", "-subj", "/CN=%s" % (cn or "Farmgate test " + name),
-                     "-addext", "basicConstraints=critical,CA:TRUE",
-                     "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        if parent is None:
+            self.openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+                         "-out", self.crt, "-days", "30", "-subj", "/CN=%s" % self.cn,
+                         "-addext", "basicConstraints=critical,CA:TRUE",
+                         "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        else:
+            # an intermediate CA: key and CSR here, certificate from parent
+            csr = self.path("ca.csr")
+            self.openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+                         "-out", csr, "-subj", "/CN=%s" % self.cn)
+            parent._serial += 1
+            extfile = parent._ext("sub-" + name, [
+                "basicConstraints=critical,CA:TRUE,pathlen:0",
+                "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash",
+                "authorityKeyIdentifier=keyid"])
+            parent.openssl("x509", "-req", "-in", csr, "-CA", parent.crt, "-CAkey", parent.key,
+                           "-set_serial", str(parent._serial), "-days", "30", "-sha256",
+                           "-out", self.crt, "-extfile", extfile)
+            with open(self.path("chain.pem"), "w") as f:  # intermediate then root
+                f.write(open(self.crt).read() + open(parent.crt).read())
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -137,13 +156,87 @@ class Pki:
         self.sign_csr(csr, crt, san=san, usage="serverAuth")
         return crt, key
 
-    def software_client(self, name, cn):
-        """A client certificate with a SOFTWARE key (for PFX import). Returns (crt, key)."""
+    def software_client(self, name, cn, subject=None, key_type="rsa"):
+        """A client certificate with a SOFTWARE key (for PFX import). subject (e.g.
+        "/O=Example/CN=alice") replaces /CN=<cn>; key_type "rsa" (2048) or "ec" (P-256).
+        Returns (crt, key)."""
+        key, csr, crt = self.path(name + ".key"), self.path(name + ".csr"), self.path(name + ".crt")
+        newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if key_type == "ec" \
+            else ["-newkey", "rsa:2048"]
+        self.openssl("req", "-new", *newkey, "-nodes", "-keyout", key, "-out", csr,
+                     "-subj", subject or "/CN=" + cn)
+        self.sign_csr(csr, crt, usage="clientAuth")
+        return crt, key
+
+    # -- openssl ca: back-dated certificates, revocation, CRLs ------------------
+    def _ca_conf(self):
+        """<dir>/ca.cnf for `openssl ca` (database index.txt, crlnumber), made once."""
+        conf = self.path("ca.cnf")
+        if os.path.exists(conf):
+            return conf
+        for n, text in (("index.txt", ""), ("index.txt.attr", "unique_subject = no\n"),
+                        ("crlnumber", "1000\n")):
+            with open(self.path(n), "w") as f:
+                f.write(text)
+        os.makedirs(self.path("newcerts"), exist_ok=True)
+        with open(conf, "w") as f:
+            f.write("[ca]\ndefault_ca = CA_default\n[CA_default]\ndir = %s\n"
+                    "database = $dir/index.txt\nnew_certs_dir = $dir/newcerts\n"
+                    "certificate = %s\nprivate_key = %s\ncrlnumber = $dir/crlnumber\n"
+                    "serial = $dir/serial\n"
+                    "default_md = sha256\ndefault_days = 30\ndefault_crl_days = 30\n"
+                    "policy = policy_any\nunique_subject = no\ncopy_extensions = none\n"
+                    "crl_extensions = crl_ext\n[policy_any]\ncommonName = supplied\n"
+                    "organizationName = optional\ncountryName = optional\n"
+                    "[crl_ext]\nauthorityKeyIdentifier = keyid:always\n"
+                    % (self.dir, self.crt, self.key))
+        return conf
+
+    def expired_client(self, name, cn, start="20200101000000Z", end="20200201000000Z"):
+        """A client certificate (software RSA key) valid only from start to end (long past by
+        default), issued with openssl ca. Returns (crt, key)."""
+        conf = self._ca_conf()
         key, csr, crt = self.path(name + ".key"), self.path(name + ".csr"), self.path(name + ".crt")
         self.openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
                      "-subj", "/CN=" + cn)
-        self.sign_csr(csr, crt, usage="clientAuth")
+        self._serial += 1
+        with open(self.path("serial"), "w") as f:  # openssl ca takes the serial from here
+            f.write("%08X\n" % self._serial)
+        extfile = self._ext(name, ["basicConstraints=critical,CA:FALSE",
+                                   "keyUsage=critical,digitalSignature,keyEncipherment",
+                                   "extendedKeyUsage=clientAuth", "authorityKeyIdentifier=keyid"])
+        self.openssl("ca", "-config", conf, "-batch", "-notext", "-in", csr, "-out", crt,
+                     "-startdate", start, "-enddate", end, "-extfile", extfile)
         return crt, key
+
+    def crl(self, revoked=(), name="ca.crl", der=False, last_update=None, next_update=None,
+            days=30):
+        """A CRL signed by this CA revoking the certificates in revoked (PEM paths issued by
+        this CA). der: write DER instead of PEM. last_update / next_update (YYYYMMDDHHMMSSZ)
+        back-date it (an expired CRL: both in the past). The index starts empty for each
+        call, so only `revoked` is listed. Returns the CRL's path."""
+        conf = self._ca_conf()
+        with open(self.path("index.txt"), "w") as f:
+            f.write("")
+        for crt in revoked:
+            self.openssl("ca", "-config", conf, "-revoke", crt, "-crl_reason", "keyCompromise")
+        out = self.path(name)
+        pem = out + ".pem" if der else out
+        args = ["ca", "-config", conf, "-gencrl", "-out", pem]
+        if last_update:
+            args += ["-crl_lastupdate", last_update]
+        if next_update:
+            args += ["-crl_nextupdate", next_update]
+        else:
+            args += ["-crldays", str(days)]
+        self.openssl(*args)
+        if der:
+            self.openssl("crl", "-in", pem, "-outform", "DER", "-out", out)
+        return out
+
+    def serial_hex(self, crt):
+        """The certificate's serial number as openssl prints it (upper-case hex)."""
+        return self.openssl("x509", "-in", crt, "-noout", "-serial").strip().split("=", 1)[1]
 
 
 def self_signed(env, name, san):
@@ -176,7 +269,7 @@ class SoftToken:
       .use_shim(stats=True) farmgated loads the fault shim; returns its control helpers
     """
 
-    def __init__(self, env, label="farmgate", user_pin=USER_PIN, so_pin=SO_PIN):
+    def __init__(self, env, label="farmgate", user_pin=USER_PIN, so_pin=SO_PIN, export=True):
         self.env = env
         self.label = label
         self.user_pin = user_pin
@@ -190,8 +283,10 @@ class SoftToken:
         with open(self.conf, "w") as f:
             f.write("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n"
                     "slots.removable = false\n" % tokens)
-        env.proc_env["SOFTHSM2_CONF"] = self.conf
+        if export:  # a client-side token (export=False) stays out of farmgated's environment
+            env.proc_env["SOFTHSM2_CONF"] = self.conf
         self.penv = dict(env.proc_env)
+        self.penv["SOFTHSM2_CONF"] = self.conf
         self.penv.update({"FG_PIN": user_pin, "FG_SO_PIN": so_pin})
         self.module = SOFTHSM
         self.shim = None
@@ -234,6 +329,37 @@ class SoftToken:
         crt = ca.sign_csr(csr, self.path(label + ".crt"), usage="clientAuth")
         self.ctl("import-cert", crt, "--label", label)
         return Cert(crt, key_id=m.group(1).lower(), label=label)
+
+    def server_cert(self, ca, key_type="ec256", cn="server", san=None, label=None):
+        """Like client_cert but a TLS server certificate (serverAuth, subjectAltName san, a
+        list like ["DNS:a.test"]; default DNS:<cn>). Returns a Cert."""
+        label = label or cn
+        out = self.ctl("keygen", "--type", key_type, "--label", label)
+        m = re.search(r"id=([0-9a-fA-F]+)", out)
+        assert m, "farmgatectl keygen printed no id:\n" + out
+        csr = self.path(label + ".csr")
+        self.ctl("csr", "--key-label", label, "--subject", "/CN=%s" % cn, "--out", csr)
+        crt = ca.sign_csr(csr, self.path(label + ".crt"), san=san or ["DNS:" + cn],
+                          usage="serverAuth")
+        self.ctl("import-cert", crt, "--label", label)
+        return Cert(crt, key_id=m.group(1).lower(), label=label)
+
+    def key_uri(self, label, pin=True):
+        """RFC 7512 URI of the private key labelled label (with pin-value when pin)."""
+        uri = "pkcs11:token=%s;object=%s;type=private" % (self.label, label)
+        return uri + (";pin-value=%s" % self.user_pin if pin else "")
+
+    def engine_conf(self, name="openssl-pkcs11.cnf"):
+        """An OPENSSL_CONF for a client process (curl, openssl s_client): libp11's pkcs11
+        engine with MODULE_PATH = SoftHSM. Use with client_env()."""
+        return engine_conf(self.path(name), SOFTHSM)
+
+    def client_env(self, extra=None):
+        """Environment for a client using this token through the engine: no proxies, this
+        token's SOFTHSM2_CONF, OPENSSL_CONF = engine_conf()."""
+        e = harness._clean_env({"SOFTHSM2_CONF": self.conf, "OPENSSL_CONF": self.engine_conf()})
+        e.update(extra or {})
+        return e
 
     def objects(self):
         """pkcs11-tool -O --login on SoftHSM directly: ([(kind, {field: value})], stdout)."""
@@ -310,6 +436,21 @@ class SoftToken:
     def token_cfg(self, name="token1", pin_file=None):
         return {"name": name, "module": self.module, "uri": "pkcs11:token=" + self.label,
                 "pinFile": pin_file or self.pin_file}
+
+
+PKCS11_ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+
+
+def engine_conf(path, module):
+    """Writes an OPENSSL_CONF at path loading libp11's pkcs11 engine on module; returns path.
+    Only for client processes: with it, software CA work in the same process fails
+    (PLATFORM-NOTES section 1, caveat 1)."""
+    with open(path, "w") as f:
+        f.write("openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n"
+                "[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\n"
+                "engine_id = pkcs11\ndynamic_path = %s\nMODULE_PATH = %s\ninit = 0\n"
+                % (PKCS11_ENGINE, module))
+    return path
 
 
 class TlsNginx(NginxBackend):

@@ -140,3 +140,66 @@ def test_cac_curl_mtls_with_card(env):
     cmd[cmd.index("--key") + 1] = "%s;pin-value=%s" % (card.key_uri, WRONG_PIN)
     p = subprocess.run(cmd, capture_output=True, timeout=80, env=client_env({"OPENSSL_CONF": conf}))
     assert p.returncode != 0, "curl with a wrong PIN got: %s" % p.stdout[:500]
+
+
+def test_cac_badge_through_farmgated_require_listener(env):
+    """The card as a badge at an HTTPS listener (clientCertificates Require): curl signs the
+    handshake on the card (libp11's engine on OpenSC's opensc-pkcs11.so); the backend gets
+    X-ARR-ClientCert = the card certificate's DER. Without the card, or with a wrong PIN, the
+    handshake fails and nothing reaches the backend."""
+    import base64
+    from harness import make_config, parse_responses
+    ca, card = _card(env)
+    host = "fg.test"
+    crt, key = ca.server_cert(host, ["DNS:" + host])
+    os.chmod(key, 0o600)
+    be = env.backend()
+    cfg = make_config(
+        listeners=[{"address": "127.0.0.1", "port": None,
+                    "ssl": {"certificates": [{"certificateFile": crt, "keyFile": key}],
+                            "clientCertificates": "Require", "clientCaFile": ca.crt}}],
+        farms=[{"name": "web", "servers": [{"address": "127.0.0.1", "httpPort": be.port}],
+                "protocol": {"clientCertRfc9440": True}}],
+        rules=[{"name": "all", "patternSyntax": "Wildcard", "stopProcessing": True,
+                "match": {"url": "*"}, "action": {"type": "Rewrite", "url": "http://web/{R:0}"}}])
+    fg = env.farmgated(cfg)
+    url = "https://%s:%d/badge?x=1" % (host, fg.port)
+    base = [harness.CURL, "-sS", "-i", "--noproxy", "*", "--max-time", "60",
+            "--resolve", "%s:%d:127.0.0.1" % (host, fg.port), "--cacert", ca.crt]
+
+    # without the card: refused during the handshake (it can fail)
+    p = subprocess.run(base + [url], capture_output=True, timeout=80, env=client_env())
+    # (whether curl reads the alert is test_front_tls.test_require_handshake_refuses's business)
+    assert p.returncode != 0 and b"HTTP/1.1" not in p.stdout, \
+        "no client certificate at a Require listener: exit %d %r %r" % (
+            p.returncode, p.stdout[:300], p.stderr[:300])
+    assert be.count == 0, "a client without a certificate reached the backend"
+
+    conf = card.engine_conf()
+    card_args = ["--engine", "pkcs11", "--key-type", "ENG",
+                 "--key", "%s;pin-value=%s" % (card.key_uri, card.pin), "--cert", card.cert_path]
+    t0 = time.monotonic()
+    p = subprocess.run(base + card_args + [url], capture_output=True, timeout=80,
+                       env=client_env({"OPENSSL_CONF": conf}))
+    took = time.monotonic() - t0
+    rs = parse_responses(p.stdout)
+    assert p.returncode == 0 and rs and rs[-1].status == 200, \
+        "curl through the card to farmgated: exit %d %r %r\n%s" % (
+            p.returncode, p.stdout[:500], p.stderr[-800:], env.log_tails())
+    assert be.count == 1 and be.requests[0].target == "/badge?x=1", be.requests
+    q = be.requests[0]
+    want = base64.b64encode(pem_der(card.cert_path)).decode()
+    assert q.header_all("X-ARR-ClientCert") == [want], \
+        "X-ARR-ClientCert must be the card certificate's DER (SHA-1 %s):\n%r" % (card.sha1, q.head[:3000])
+    assert q.header_all("Client-Cert") == [":%s:" % want], q.head[:3000]
+    assert q.header("X-Forwarded-Proto") == "https", q.head[:3000]
+    assert took < 60, "mTLS through the card took %.1fs" % took
+
+    # a wrong PIN: no signature, no handshake, nothing at the backend
+    bad = list(card_args)
+    bad[bad.index("--key") + 1] = "%s;pin-value=%s" % (card.key_uri, WRONG_PIN)
+    p = subprocess.run(base + bad + [url], capture_output=True, timeout=80,
+                       env=client_env({"OPENSSL_CONF": conf}))
+    assert p.returncode != 0 and b"HTTP/1.1 200" not in p.stdout, \
+        "curl with a wrong card PIN got: %r" % p.stdout[:500]
+    assert be.count == 1, "a client that could not sign reached the backend: %r" % be.requests[1:]
