@@ -10,7 +10,12 @@ page for that Host. Farm "secure" (host secure.local) is the appliance's
 promise: an HTTPS backend (nginx) that requires a client certificate and maps
 it to a user, and farmgated authenticates with a certificate whose key was
 generated on a demo SoftHSM token (random PINs, made for this run) and never
-leaves it. Ctrl-C (or SIGTERM) stops everything by PID.
+leaves it. An HTTPS listener (port + 363, default 8443) shows the front end:
+its server key is on the same token, it asks for client certificates (Accept)
+from the demo CA, and farm "whoami" (host badge.local) echoes what the backend
+is told: X-ARR-ClientCert, X-ARR-SSL, X-Forwarded-Proto. A demo badge (a
+software client certificate) is written beside the config. Ctrl-C (or SIGTERM)
+stops everything by PID.
 """
 
 import argparse
@@ -31,6 +36,9 @@ import secrets  # noqa: E402
 
 HELLO = ('location / {\n default_type text/plain;\n'
          ' return 200 "Hello from demo server %s, Host=$host, X-Forwarded-For=$http_x_forwarded_for\\n";\n}\n')
+WHOAMI = ('location / {\n default_type text/plain;\n'
+          ' return 200 "X-Forwarded-Proto: $http_x_forwarded_proto\\nX-ARR-SSL: $http_x_arr_ssl\\n'
+          'X-ARR-ClientCert: $http_x_arr_clientcert\\n";\n}\n')
 STATIC = """
 server {
   listen 127.0.0.1:@PORT@;
@@ -101,17 +109,29 @@ def main():
         secure = pki.TlsNginx(env, crt, key, client_ca=ca.crt, users={cert.sha1: "DEMO\\appliance"},
                               name="secure").start()
         backends_secure = harness.server(80, hostName="secure.internal", httpsPort=secure.port)
+        whoami = harness.NginxBackend(env, "custom", name="whoami", server_body=WHOAMI)
+        whoami.start()
+        front = tok.server_cert(ca, "ec256", cn="localhost", san=["DNS:localhost", "DNS:badge.local",
+                                                                  "IP:127.0.0.1"], label="front")
+        badge, badge_key = ca.software_client("demo-badge", "Demo Badge User",
+                                              subject="/O=Farmgate demo/CN=Demo Badge User")
         port = pick_port(a.port)
+        tls_port = pick_port(port + 363)
         cfg = harness.make_config(
             farms=[harness.farm("demo", [harness.server(b.port) for b in backends]),
                    harness.farm("static", [harness.server(b.port) for b in backends]),
+                   harness.farm("whoami", [harness.server(whoami.port)]),
                    harness.farm("secure", [backends_secure],
                                 protocol={"preserveHostHeader": False, "clientCertHash": cert.sha1,
                                           "backendCaFile": ca.crt})],
             rules=[harness.arr_lb_rule("demo", "demo.local"), harness.arr_lb_rule("static", "static.local"),
+                   harness.arr_lb_rule("whoami", "badge.local"),
                    dict(harness.arr_lb_rule("secure", "secure.local"),
                         action={"type": "Rewrite", "url": "https://secure/{R:0}"})],
-            listeners=[{"address": "127.0.0.1", "port": port}],
+            listeners=[{"address": "127.0.0.1", "port": port},
+                       {"address": "127.0.0.1", "port": tls_port,
+                        "ssl": {"certificates": [{"certificateHash": front.sha1}],
+                                "clientCertificates": "Accept", "clientCaFile": ca.crt}}],
             tokens=[tok.token_cfg()])
         cfg_path = os.path.join(demo_dir, "farmgated.json")
         with open(cfg_path, "w") as f:
@@ -147,11 +167,18 @@ def main():
    and never left it; its SHA-1 is {sha1} (clientCertHash). List it with:
    SOFTHSM2_CONF={conf} {ctl} token certs --token pkcs11:token=farmgate-demo --pin-file {pinf}
 
+ The HTTPS front end on https://127.0.0.1:{tp}/ (server key on the same token, SHA-1 {fsha1}),
+ asking for badges from the demo CA and relaying them to farm "whoami":
+   curl --cacert {ca} -H 'Host: badge.local' https://localhost:{tp}/                # no badge
+   curl --cacert {ca} --cert {badge} --key {bkey} \\
+        -H 'Host: badge.local' https://localhost:{tp}/                               # with one
+
  Config: {cfg}   (edit it, then: kill -HUP {pid} to reload)
  Logs (access lines included) appear below. Press Ctrl-C to stop everything.
 ============================================================================
 """.format(p=port, check=check, cfg=cfg_path, pid=fg.pid, tokdir=tok.dir, sha1=cert.sha1,
-           conf=tok.conf, ctl=tok.ctl_bin, pinf=tok.pin_file), flush=True)
+           conf=tok.conf, ctl=tok.ctl_bin, pinf=tok.pin_file, tp=tls_port, fsha1=front.sha1,
+           ca=ca.crt, badge=badge, bkey=badge_key), flush=True)
         while stop["sig"] is None:
             if fg.poll() is not None:
                 print("demo: farmgated exited with code %s" % fg.returncode, file=sys.stderr)
