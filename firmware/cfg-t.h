@@ -66,6 +66,14 @@ struct rule {
 	struct rule_action action;
 };
 
+/* HTTP status codes and ranges ("200-399", "500-", "200,204,300-302"). */
+#define CODE_SET_MAX 16
+struct code_set {
+	uint16_t lo[CODE_SET_MAX];
+	uint16_t hi[CODE_SET_MAX];
+	unsigned int n;
+};
+
 struct server_rt; /* runtime state of a server, survives reloads (lb.h) */
 struct farm_rt;	  /* runtime state of a farm, survives reloads (lb.h) */
 struct farm_tls;  /* a farm's upstream TLS context and identity (tls.h) */
@@ -86,6 +94,8 @@ struct server {
 	unsigned char cert_pin[32]; /* SHA-256 of the backend certificate (DER) */
 	int has_cert_pin;
 	struct sockaddr_storage tls_addr; /* resolved address, port = https_port */
+	char *hc_host;			  /* healthCheckAlternateHostName, NULL = none */
+	uint16_t hc_port;		  /* healthCheckAlternatePort, 0 = none */
 	struct server_rt *rt;		  /* runtime state, attached by lb_attach() */
 };
 
@@ -124,6 +134,21 @@ struct farm {
 		char *ssl_header;	    /* default "X-ARR-SSL"; "" = not sent */
 		int client_cert_rfc9440;    /* also Client-Cert / Client-Cert-Chain */
 	} protocol;
+	struct {
+		char *url;		      /* NULL: the URL test is off */
+		int https;		      /* the URL's scheme is https */
+		char *host;		      /* Host of the probes (the URL's authority) */
+		char *path;		      /* origin-form target, starts with '/' */
+		uint32_t interval_ms;	      /* default 30000 */
+		uint32_t timeout_ms;	      /* default 30000 */
+		uint32_t retries;	      /* default 3 */
+		struct code_set status_match; /* default 200-399 */
+		char *response_match;	      /* NULL = none */
+		struct code_set live_codes;   /* default 500- */
+		uint32_t max_live_failures;   /* default 10 */
+		uint32_t live_period_ms;      /* default 0 = live-traffic test off */
+		uint32_t min_servers;	      /* default 0 */
+	} health;
 	struct farm_rt *rt;   /* runtime state, attached by lb_attach() */
 	struct farm_tls *tls; /* built by tls_prepare() */
 };
@@ -209,7 +234,8 @@ struct config {
 	unsigned int nrules;
 	struct token_cfg *tokens;
 	unsigned int ntokens;
-	int tls_prepared; /* tls_prepare() ran: farm->tls set where needed */
+	char *control_socket; /* default /run/farmgated.sock; NULL when "" */
+	int tls_prepared;     /* tls_prepare() ran: farm->tls set where needed */
 };
 
 #endif

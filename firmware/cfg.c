@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "cfg.h"
@@ -123,6 +124,15 @@ static void path_pop(struct cfg_ctx *c, size_t old)
 static char *cfg_strdup(struct cfg_ctx *c, const char *s)
 {
 	char *d = strdup(s);
+
+	if (d == NULL)
+		cfg_fail(c, "out of memory");
+	return d;
+}
+
+static char *cfg_strndup(struct cfg_ctx *c, const char *s, size_t n)
+{
+	char *d = strndup(s, n);
 
 	if (d == NULL)
 		cfg_fail(c, "out of memory");
@@ -762,6 +772,8 @@ static const struct field server_fields[] = {
 	{"weight", set_u32, offsetof(struct server, weight), 0, 100000},
 	{"hostName", set_host_name, offsetof(struct server, host_name)},
 	{"certificatePin", set_cert_pin, 0},
+	{"healthCheckAlternateHostName", set_host_name, offsetof(struct server, hc_host)},
+	{"healthCheckAlternatePort", set_u16, offsetof(struct server, hc_port), 1, 65535},
 	{NULL},
 };
 
@@ -881,6 +893,113 @@ static const struct field protocol_fields[] = {
 	{NULL},
 };
 
+/* Status codes and ranges: "200-399", "500-", "200,204,300-302" (base+off
+ * is a struct code_set). */
+static int set_codes(struct cfg_ctx *c, const struct json_value *v, void *base,
+		     const struct field *f)
+{
+	struct code_set *cs = (struct code_set *)((char *)base + f->off);
+	const char *p;
+
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string of status codes and ranges, e.g. "
+				   "\"200-399\" or \"500-\"");
+	p = v->u.str.s;
+	cs->n = 0;
+	for (;;) {
+		unsigned long lo, hi;
+		char *e;
+
+		while (*p == ' ')
+			p++;
+		if (*p < '0' || *p > '9')
+			goto bad;
+		lo = strtoul(p, &e, 10);
+		p = e;
+		hi = lo;
+		if (*p == '-') {
+			p++;
+			if (*p >= '0' && *p <= '9') {
+				hi = strtoul(p, &e, 10);
+				p = e;
+			} else {
+				hi = 999;
+			}
+		}
+		if (lo < 100 || hi > 999 || lo > hi)
+			goto bad;
+		if (cs->n == CODE_SET_MAX)
+			return cfg_fail(c, "at most %d codes or ranges", CODE_SET_MAX);
+		cs->lo[cs->n] = (uint16_t)lo;
+		cs->hi[cs->n] = (uint16_t)hi;
+		cs->n++;
+		while (*p == ' ')
+			p++;
+		if (!*p)
+			return 0;
+		if (*p++ != ',')
+			goto bad;
+	}
+bad:
+	return cfg_fail(c, "must be status codes (100-999) and ranges separated by commas, e.g. "
+			   "\"200-399\", \"500-\" or \"200,204,300-302\"");
+}
+
+/* healthCheck.url: http(s)://authority/path (base is the farm). */
+static int set_health_url(struct cfg_ctx *c, const struct json_value *v, void *base,
+			  const struct field *f)
+{
+	struct farm *farm = base;
+	const char *s, *a, *slash;
+	size_t alen;
+
+	(void)f;
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	s = v->u.str.s;
+	if (!strncasecmp(s, "http://", 7)) {
+		a = s + 7;
+	} else if (!strncasecmp(s, "https://", 8)) {
+		a = s + 8;
+		farm->health.https = 1;
+	} else {
+		return cfg_fail(c, "must be an http:// or https:// URL");
+	}
+	slash = strchr(a, '/');
+	alen = slash ? (size_t)(slash - a) : strlen(a);
+	if (!alen || !is_visible(s) || memchr(a, '?', alen) || memchr(a, '#', alen) ||
+	    memchr(a, '@', alen))
+		return cfg_fail(c, "must be an http:// or https:// URL with a host, without "
+				   "spaces or control characters");
+	if (strchr(s, '#'))
+		return cfg_fail(c, "must not contain a fragment ('#')");
+	free(farm->health.url);
+	free(farm->health.host);
+	free(farm->health.path);
+	farm->health.url = cfg_strdup(c, s);
+	farm->health.host = cfg_strndup(c, a, alen);
+	farm->health.path = cfg_strdup(c, slash ? slash : "/");
+	if (!farm->health.url || !farm->health.host || !farm->health.path)
+		return -1;
+	return 0;
+}
+
+static const struct field health_fields[] = {
+	{"url", set_health_url, 0},
+	{"interval", set_ms, offsetof(struct farm, health.interval_ms), 100, DURATION_MS_MAX},
+	{"timeout", set_ms, offsetof(struct farm, health.timeout_ms), 100, DURATION_MS_MAX},
+	{"retries", set_u32, offsetof(struct farm, health.retries), 1, 100},
+	{"statusCodeMatch", set_codes, offsetof(struct farm, health.status_match)},
+	{"responseMatch", set_nonempty_str, offsetof(struct farm, health.response_match)},
+	{"liveTrafficFailureCodes", set_codes, offsetof(struct farm, health.live_codes)},
+	{"maxLiveTrafficFailures", set_u32, offsetof(struct farm, health.max_live_failures), 1,
+	 100000},
+	{"liveTrafficFailurePeriod", set_ms, offsetof(struct farm, health.live_period_ms), 0,
+	 DURATION_MS_MAX},
+	{"minServers", set_u32, offsetof(struct farm, health.min_servers), 0, 1000},
+	{NULL},
+};
+
 static const struct field farm_fields[] = {
 	{"name", set_farm_name, offsetof(struct farm, name), 0, 0, NULL, FIELD_REQUIRED},
 	{"enabled", set_bool, offsetof(struct farm, enabled)},
@@ -888,6 +1007,7 @@ static const struct field farm_fields[] = {
 	{"loadBalancing", set_object, 0, 0, 0, lb_fields},
 	{"affinity", set_object, 0, 0, 0, affinity_fields},
 	{"protocol", set_object, 0, 0, 0, protocol_fields},
+	{"healthCheck", set_object, 0, 0, 0, health_fields},
 	{NULL},
 };
 
@@ -964,6 +1084,16 @@ static int set_farms(struct cfg_ctx *c, const struct json_value *v, void *base,
 		farm->protocol.preserve_host_header = 1;
 		farm->protocol.xff_include_port = 1;
 		farm->protocol.arr_response_header = 1;
+		farm->health.interval_ms = 30000;
+		farm->health.timeout_ms = 30000;
+		farm->health.retries = 3;
+		farm->health.status_match.lo[0] = 200;
+		farm->health.status_match.hi[0] = 399;
+		farm->health.status_match.n = 1;
+		farm->health.live_codes.lo[0] = 500;
+		farm->health.live_codes.hi[0] = 999;
+		farm->health.live_codes.n = 1;
+		farm->health.max_live_failures = 10;
 		old = path_idx(c, i);
 		farm->affinity.cookie_name = cfg_strdup(c, "ARRAffinity");
 		farm->protocol.xff_name = cfg_strdup(c, "X-Forwarded-For");
@@ -1230,6 +1360,31 @@ static int set_tokens(struct cfg_ctx *c, const struct json_value *v, void *base,
 	return 0;
 }
 
+/* control.socket: a path, or "" for none (base is the config). */
+static int set_control_socket(struct cfg_ctx *c, const struct json_value *v, void *base,
+			      const struct field *f)
+{
+	struct config *cfg = base;
+	struct sockaddr_un un;
+
+	(void)f;
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	if (v->u.str.len >= sizeof(un.sun_path))
+		return cfg_fail(c, "must be shorter than %zu bytes (a unix socket path)",
+				sizeof(un.sun_path));
+	if (v->u.str.len && v->u.str.s[0] != '/')
+		return cfg_fail(c, "must be an absolute path, or \"\" for no control socket");
+	free(cfg->control_socket);
+	cfg->control_socket = v->u.str.len ? cfg_strdup(c, v->u.str.s) : NULL;
+	return v->u.str.len && !cfg->control_socket ? -1 : 0;
+}
+
+static const struct field control_fields[] = {
+	{"socket", set_control_socket, 0},
+	{NULL},
+};
+
 static const struct field top_fields[] = {
 	{"tokens", set_tokens, 0},
 	{"listeners", set_listeners, 0},
@@ -1238,6 +1393,7 @@ static const struct field top_fields[] = {
 	{"log", set_object, 0, 0, 0, log_fields},
 	{"webFarms", set_farms, 0},
 	{"rules", set_rules, 0},
+	{"control", set_object, 0, 0, 0, control_fields},
 	{NULL},
 };
 
@@ -1345,7 +1501,12 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 		for (j = 0; j < f->nservers; j++) {
 			free(f->servers[j].address);
 			free(f->servers[j].host_name);
+			free(f->servers[j].hc_host);
 		}
+		free(f->health.url);
+		free(f->health.host);
+		free(f->health.path);
+		free(f->health.response_match);
 		free(f->servers);
 		free(f->name);
 		free(f->lb.hash_server_variable);
@@ -1383,6 +1544,7 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 		free(r->action.status_description);
 	}
 	free(cfg->rules);
+	free(cfg->control_socket);
 	free(cfg);
 }
 
@@ -1415,6 +1577,11 @@ struct config *cfg_load_buf(const char *json, size_t len, char *err, size_t errl
 	cfg->timeouts.upstream_idle_ms = 30000;
 	cfg->log.access = LOG_TARGET_STDERR;
 	cfg->log.error = LOG_TARGET_STDERR;
+	cfg->control_socket = strdup(CFG_CONTROL_SOCKET);
+	if (cfg->control_socket == NULL) {
+		cfg_fail(&c, "out of memory");
+		goto fail;
+	}
 
 	doc = json_parse(json, len, err, errlen);
 	if (doc == NULL)

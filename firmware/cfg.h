@@ -6,6 +6,9 @@
 
 #include "cfg-t.h"
 
+/* The control socket when the configuration names none (docs/control.md). */
+#define CFG_CONTROL_SOCKET "/run/farmgated.sock"
+
 /* Loads, validates and compiles a configuration. Returns a new generation
  * with refcnt 1, or NULL with a message in err of the form
  * "$.webFarms[0].servers[1].weight: must be an integer from 0 to 100000".

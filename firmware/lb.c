@@ -3,7 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
+#include "health.h"
 #include "lb.h"
+#include "log.h"
 #include "tls.h"
 
 /*
@@ -222,6 +226,7 @@ static struct lb_node *reg_get(int kind, char *key)
 	} else {
 		n->server.key = key;
 		n->server.refcnt = 1;
+		n->server.healthy = 1;
 		list_init(&n->server.pool);
 		list_init(&n->server.pool_tls);
 	}
@@ -296,6 +301,23 @@ static struct server_rt *server_rt_get(const char *farm, const char *address, ui
 	if (!key)
 		return NULL;
 	n = reg_get(LB_NODE_SERVER, key);
+	if (n && !n->server.name) {
+		size_t len = strlen(address) + sizeof("[]:65535");
+
+		n->server.farm_name = strdup(farm);
+		n->server.name = malloc(len);
+		if (n->server.name)
+			snprintf(n->server.name, len, strchr(address, ':') ? "[%s]:%u" : "%s:%u",
+				 address, (unsigned int)port);
+		if (!n->server.farm_name || !n->server.name) {
+			free(n->server.farm_name);
+			free(n->server.name);
+			n->server.farm_name = n->server.name = NULL;
+			if (--n->server.refcnt == 0)
+				reg_free(n);
+			return NULL;
+		}
+	}
 	return n ? &n->server : NULL;
 }
 
@@ -322,6 +344,11 @@ static void server_rt_put(struct server_rt *rt)
 	}
 	if (rt->tls_session)
 		tls_session_free(rt->tls_session);
+	if (rt->probe)
+		health_probe_free(rt);
+	free(rt->live_fail_ms);
+	free(rt->farm_name);
+	free(rt->name);
 	reg_free(container_of(rt, struct lb_node, server));
 }
 
@@ -397,13 +424,22 @@ static const struct lb_input lb_no_input;
 /* A server takes part in a pick when it is enabled, has a weight, is not
  * the one the caller already tried (the same backend across generations
  * counts as the same: compare runtime state too), and is attached. */
-static inline int eligible(const struct server *s, const struct lb_input *in)
+static inline int eligible_as(const struct server *s, const struct lb_input *in, int affinity)
 {
 	if (!s->enabled || !s->weight || !s->rt)
+		return 0;
+	if (s->rt->admin != SRV_AVAILABLE && !(affinity && s->rt->admin == SRV_DRAIN))
+		return 0;
+	if (!s->rt->healthy && !(s->rt->rescue && s->farm && s->farm->health.min_servers))
 		return 0;
 	if (in->exclude && (s == in->exclude || s->rt == in->exclude->rt))
 		return 0;
 	return 1;
+}
+
+static inline int eligible(const struct server *s, const struct lb_input *in)
+{
+	return eligible_as(s, in, 0);
 }
 
 /*
@@ -678,7 +714,9 @@ static struct server *pick_hash(struct farm *farm, const struct lb_input *in)
 	return best;
 }
 
-/* Returns the eligible server whose affinity id is id, or NULL. */
+/* Returns the server whose affinity id is id if it may take the request,
+ * or NULL. A draining server (Disallow New Connections) still takes its
+ * affinitised clients. */
 static struct server *pick_affinity(struct farm *farm, const struct lb_input *in, uint64_t id)
 {
 	unsigned int i;
@@ -686,10 +724,57 @@ static struct server *pick_affinity(struct farm *farm, const struct lb_input *in
 	for (i = 0; i < farm->nservers; i++) {
 		struct server *s = &farm->servers[i];
 
-		if (s->affinity_id == id && eligible(s, in))
+		if (s->affinity_id == id && eligible_as(s, in, 1))
 			return s;
 	}
 	return NULL;
+}
+
+/* minServers: while fewer servers than that are healthy and available,
+ * unhealthy available ones (in configuration order) stay in rotation. */
+static void min_servers_rescue(struct farm *farm)
+{
+	unsigned int i, ok = 0, need;
+
+	for (i = 0; i < farm->nservers; i++) {
+		const struct server *s = &farm->servers[i];
+
+		if (s->enabled && s->weight && s->rt && s->rt->admin == SRV_AVAILABLE &&
+		    s->rt->healthy)
+			ok++;
+	}
+	need = farm->health.min_servers > ok ? farm->health.min_servers - ok : 0;
+	for (i = 0; i < farm->nservers; i++) {
+		struct server_rt *rt = farm->servers[i].rt;
+
+		if (!rt || rt->healthy)
+			continue;
+		rt->rescue = need && farm->servers[i].enabled && farm->servers[i].weight &&
+			     rt->admin == SRV_AVAILABLE;
+		if (rt->rescue)
+			need--;
+	}
+}
+
+/* Without a URL test nothing would ever bring back a server that live
+ * traffic marked unhealthy: it returns after liveTrafficFailurePeriod. */
+static void live_recover(struct farm *farm, uint64_t now_ms)
+{
+	unsigned int i;
+
+	for (i = 0; i < farm->nservers; i++) {
+		struct server_rt *rt = farm->servers[i].rt;
+
+		if (rt && !rt->healthy &&
+		    now_ms - rt->unhealthy_since_ms >= farm->health.live_period_ms)
+			lb_set_healthy(rt, 1, "no URL test: back after liveTrafficFailurePeriod",
+				       now_ms);
+	}
+}
+
+int lb_farm_online(const struct farm *farm)
+{
+	return farm->enabled && !(farm->rt && farm->rt->offline);
 }
 
 /* See lb.h. A farm that was never attached has no server available. in may
@@ -698,10 +783,14 @@ struct server *lb_pick(struct farm *farm, const struct lb_input *in)
 {
 	struct server *s;
 
-	if (!farm || !farm->enabled || !farm->rt || !farm->nservers)
+	if (!farm || !lb_farm_online(farm) || !farm->rt || !farm->nservers)
 		return NULL;
 	if (!in)
 		in = &lb_no_input;
+	if (!farm->health.url && farm->health.live_period_ms && in->now_ms)
+		live_recover(farm, in->now_ms);
+	if (farm->health.min_servers)
+		min_servers_rescue(farm);
 	if (farm->affinity.use_cookie && in->affinity_id) {
 		s = pick_affinity(farm, in, in->affinity_id);
 		if (s)
@@ -754,6 +843,8 @@ void lb_request_end(struct server *srv, int failed, uint32_t response_ms, uint64
 		rt->failed_requests++;
 	rt->bytes_sent += bytes_sent;
 	rt->bytes_received += bytes_received;
+	lb_rps(rt, now_ms);
+	rt->rps_count++;
 
 	period = srv->farm ? srv->farm->lb.least_response_time_period_ms : LB_DEFAULT_RT_PERIOD_MS;
 	if (!period) {
@@ -766,6 +857,108 @@ void lb_request_end(struct server *srv, int failed, uint32_t response_ms, uint64
 	rt->rt_window_count++;
 	if (!rt->avg_response_ms)
 		rt->avg_response_ms = (uint32_t)(rt->rt_window_sum_ms / rt->rt_window_count);
+}
+
+uint32_t lb_rps(struct server_rt *rt, uint64_t now_ms)
+{
+	uint64_t sec = now_ms / 1000;
+
+	if (sec != rt->rps_sec) {
+		rt->rps_last = sec == rt->rps_sec + 1 ? rt->rps_count : 0;
+		rt->rps_count = 0;
+		rt->rps_sec = sec;
+	}
+	return rt->rps_last;
+}
+
+void lb_reset_counters(struct server_rt *rt)
+{
+	rt->total_requests = 0;
+	rt->failed_requests = 0;
+	rt->bytes_sent = rt->bytes_received = 0;
+	rt->avg_response_ms = 0;
+	rt->rt_window_sum_ms = 0;
+	rt->rt_window_count = 0;
+	rt->ws_total = 0;
+	rt->rps_count = rt->rps_last = 0;
+}
+
+/* ---- health ------------------------------------------------------------ */
+
+void lb_set_healthy(struct server_rt *rt, int healthy, const char *why, uint64_t now_ms)
+{
+	healthy = !!healthy;
+	if (rt->healthy == healthy)
+		return;
+	rt->healthy = healthy;
+	rt->health_changed = (int64_t)time(NULL);
+	rt->live_n = rt->live_head = 0;
+	if (healthy) {
+		rt->probe_failures = 0;
+		LOGI("farm %s server %s: healthy again (%s)", rt->farm_name, rt->name, why);
+	} else {
+		rt->unhealthy_since_ms = now_ms;
+		LOGW("farm %s server %s: unhealthy (%s)", rt->farm_name, rt->name, why);
+	}
+}
+
+static int code_in(const struct code_set *cs, int code)
+{
+	unsigned int i;
+
+	for (i = 0; i < cs->n; i++)
+		if (code >= cs->lo[i] && code <= cs->hi[i])
+			return 1;
+	return 0;
+}
+
+void lb_live_result(struct server *srv, int backend_status, uint64_t now_ms)
+{
+	const struct farm *f = srv ? srv->farm : NULL;
+	struct server_rt *rt = srv ? srv->rt : NULL;
+	uint32_t max, i, n;
+	char why[128];
+
+	if (!rt || !f || !f->health.live_period_ms || !rt->healthy)
+		return;
+	if (backend_status >= 0 && !code_in(&f->health.live_codes, backend_status))
+		return;
+	max = f->health.max_live_failures;
+	if (rt->live_cap != max) {
+		uint64_t *p = realloc(rt->live_fail_ms, max * sizeof(*p));
+
+		if (!p)
+			return;
+		rt->live_fail_ms = p;
+		rt->live_cap = max;
+		rt->live_n = rt->live_head = 0;
+	}
+	/* the ring holds the last `max` failure times, oldest at live_head */
+	if (rt->live_n < max) {
+		rt->live_fail_ms[(rt->live_head + rt->live_n) % max] = now_ms;
+		rt->live_n++;
+	} else {
+		rt->live_fail_ms[rt->live_head] = now_ms;
+		rt->live_head = (rt->live_head + 1) % max;
+	}
+	/* drop those older than the period */
+	for (i = 0, n = rt->live_n; i < n; i++) {
+		if (now_ms - rt->live_fail_ms[rt->live_head] < f->health.live_period_ms)
+			break;
+		rt->live_head = (rt->live_head + 1) % max;
+		rt->live_n--;
+	}
+	if (rt->live_n < max)
+		return;
+	snprintf(why, sizeof(why), "%u live-traffic failures within %u ms, the last %s", max,
+		 f->health.live_period_ms,
+		 backend_status < 0 ? "a connection failure" : "a listed status code");
+	if (backend_status >= 0) {
+		char *p = why + strlen(why) - strlen("a listed status code");
+
+		snprintf(p, sizeof(why) - (size_t)(p - why), "status %d", backend_status);
+	}
+	lb_set_healthy(rt, 0, why, now_ms);
 }
 
 /* ---- affinity -------------------------------------------------------- */

@@ -9,11 +9,52 @@
 #include "list.h"
 #include "rules.h"
 
+/* ARR's runtime server states (SetState), in IIS Manager's words. */
+enum srv_admin {
+	SRV_AVAILABLE = 0,		 /* Make Server Available */
+	SRV_DRAIN = 1,			 /* Disallow New Connections (affinity still) */
+	SRV_UNAVAILABLE_GRACEFULLY = 2,	 /* in-flight requests finish */
+	SRV_UNAVAILABLE_IMMEDIATELY = 3, /* in-flight requests aborted */
+};
+
+/* Outcomes of a URL test (ARR's Verify URL Test words). */
+enum probe_result {
+	PROBE_NONE = 0, /* not tested yet */
+	PROBE_SUCCESS = 1,
+	PROBE_CONNECTION_FAILURE = 2,
+	PROBE_STATUS_CODE_FAILURE = 3,
+	PROBE_RESPONSE_ENTITY_FAILURE = 4,
+};
+
+struct probe; /* a server's URL test (health.c) */
+
 /* Runtime state of one server, shared by every configuration generation
  * that has the same farm name + address + http port. */
 struct server_rt {
 	char *key; /* "farm\naddress\nport" */
 	int refcnt;
+	char *farm_name; /* as first configured, for logs */
+	char *name;	 /* "address:port", for logs and the control socket */
+	/* administrative state and health (survive reloads) */
+	int admin;		 /* enum srv_admin */
+	int healthy;		 /* 1 until a test says otherwise */
+	int rescue;		 /* kept in rotation by minServers while unhealthy */
+	uint32_t probe_failures; /* consecutive failed URL tests */
+	uint64_t *live_fail_ms;	 /* ring of live-traffic failure times */
+	uint32_t live_cap, live_n, live_head;
+	uint64_t unhealthy_since_ms; /* loop time it became unhealthy */
+	int64_t health_changed;	     /* wall clock (s) of the last transition, 0 = never */
+	int last_result;	     /* enum probe_result of the last URL test */
+	int last_status;
+	uint32_t last_time_ms;
+	char last_reason[96];
+	struct probe *probe; /* NULL when the farm has no URL test */
+	/* WebSocket tunnels */
+	uint32_t ws_current;
+	uint64_t ws_total;
+	/* requests per second: completions in the last whole second */
+	uint64_t rps_sec;
+	uint32_t rps_count, rps_last;
 	/* counters (ARR's names) */
 	uint32_t current_requests;
 	uint64_t total_requests;
@@ -42,6 +83,7 @@ struct farm_rt {
 	char *key; /* farm name, lower case */
 	int refcnt;
 	uint64_t rr_counter; /* tie breaks */
+	int offline;	     /* Take Offline (survives reloads) */
 };
 
 /* Input of a pick. */
@@ -71,6 +113,23 @@ struct server *lb_pick(struct farm *farm, const struct lb_input *in);
 void lb_request_start(struct server *srv);
 void lb_request_end(struct server *srv, int failed, uint32_t response_ms, uint64_t bytes_sent,
 		    uint64_t bytes_received, uint64_t now_ms);
+
+/* Live traffic: the backend's status for a finished request, or -1 when the
+ * connection failed or timed out. Counts failures per the farm's
+ * liveTrafficFailureCodes and may mark the server unhealthy. */
+void lb_live_result(struct server *srv, int backend_status, uint64_t now_ms);
+
+/* Health transitions, logged once each with the reason. */
+void lb_set_healthy(struct server_rt *rt, int healthy, const char *why, uint64_t now_ms);
+
+/* A farm takes requests: enabled in the configuration and not taken offline. */
+int lb_farm_online(const struct farm *farm);
+
+/* Requests per second of a server (completions in the last whole second). */
+uint32_t lb_rps(struct server_rt *rt, uint64_t now_ms);
+
+/* Counters back to zero (ARR's ResetCounters). */
+void lb_reset_counters(struct server_rt *rt);
 
 /* The affinity id of a server: a stable 64-bit hash of farm name, address
  * and port; written as 16 lower-case hex digits in the cookie. */

@@ -10,6 +10,7 @@
 
 #include "buildopts.h"
 #include "cfg.h"
+#include "control.h"
 #include "ev.h"
 #include "log.h"
 #include "proxy.h"
@@ -51,6 +52,7 @@ static void reload(struct daemon *d)
 		LOGE("reload failed: %s; keeping the running configuration", err);
 		return;
 	}
+	control_listen(&d->loop, proxy_config()->control_socket);
 	LOGI("configuration reloaded");
 }
 
@@ -190,8 +192,10 @@ int main(int argc, char **argv)
 		LOGE("%s", err);
 		return 1;
 	}
+	control_listen(&d.loop, proxy_config()->control_socket);
 	LOGI("farmgated %s started (pid %d)", FG_VERSION, (int)getpid());
 	ev_run(&d.loop);
+	control_close();
 	tls_log_stats(proxy_config());
 	proxy_free();
 	tls_shutdown();

@@ -19,6 +19,7 @@
 #include "cfg.h"
 #include "compiler.h"
 #include "ev.h"
+#include "health.h"
 #include "http1.h"
 #include "lb.h"
 #include "list.h"
@@ -105,6 +106,7 @@ struct client {
 	unsigned int retried : 1, aborted : 1, head_pending : 1, up_head_built : 1;
 	unsigned int up_tls : 1; /* the rule rewrote to https://<farm>/ */
 	unsigned int orphan : 1; /* closed while a token signature was pending */
+	struct server_rt *ws_rt; /* a WebSocket tunnel counted on this server */
 	/* HTTPS listeners */
 	SSL *ssl;
 	struct tls_peer *peer;	   /* what the handshake established */
@@ -313,6 +315,7 @@ static void post_batch(struct ev_loop *loop)
 	struct list *pos, *tmp;
 
 	(void)loop;
+	health_collect();
 	list_for_each_safe(pos, tmp, &px.graveyard_up)
 	{
 		struct upstream *up = container_of(pos, struct upstream, link);
@@ -525,31 +528,6 @@ static int ssl_write_buf(SSL *ssl, struct buf *b, unsigned char *rd_ready, unsig
 		ERR_clear_error();
 		return -1;
 	}
-}
-
-/* The signer closes a wait fd once its signature is done, which also takes
- * it out of epoll: forget it then; never close it ourselves. */
-static void async_forget(SSL *ssl, struct ev_fd *aev)
-{
-	if (aev->fd >= 0 && !SSL_waiting_for_async(ssl))
-		aev->fd = -1;
-}
-
-/* Registers the wait fd of a handshake paused on a token signature
- * (SSL_ERROR_WANT_ASYNC). */
-static void async_watch(SSL *ssl, struct ev_fd *aev,
-			void (*cb)(struct ev_loop *, struct ev_fd *, uint32_t))
-{
-	OSSL_ASYNC_FD fd;
-	size_t n = 0;
-
-	if (!SSL_get_all_async_fds(ssl, NULL, &n) || n != 1 || !SSL_get_all_async_fds(ssl, &fd, &n))
-		return;
-	if (fd == aev->fd)
-		return;
-	aev->fd = fd;
-	aev->cb = cb;
-	ev_fd_add(px.loop, aev, EPOLLIN);
 }
 
 /* Flushes the client's output. Returns 1 if bytes moved. On a write error
@@ -1193,7 +1171,7 @@ static void handle_request(struct client *cl)
 
 	cl->farm = res.farm;
 	cl->up_tls = res.https;
-	if (!cl->farm->enabled) {
+	if (!lb_farm_online(cl->farm)) {
 		cl->reason = "farm offline";
 		local_response(cl, 503, NULL, NULL, NULL);
 		return;
@@ -1476,6 +1454,9 @@ static int process_response_head(struct client *cl)
 		return 0;
 	buf_consume(&up->in, r);
 	if (rs->status == 101) {
+		cl->ws_rt = cl->srv->rt;
+		cl->ws_rt->ws_current++;
+		cl->ws_rt->ws_total++;
 		cl->state = CL_TUNNEL;
 		cl->resp_state = RS_DONE;
 		return 1;
@@ -1495,6 +1476,14 @@ static void request_done(struct client *cl)
 	uint64_t now = px.loop->now_ms;
 
 	consume_head(cl);
+	if (cl->ws_rt) {
+		cl->ws_rt->ws_current--;
+		cl->ws_rt = NULL;
+	}
+	if (cl->srv && cl->t_resp)
+		lb_live_result(cl->srv, cl->resp.status, now);
+	else if (cl->srv && (cl->status == 502 || cl->status == 504))
+		lb_live_result(cl->srv, -1, now); /* the backend failed before answering */
 	if (cl->srv)
 		lb_request_end(cl->srv, cl->status == 0 || cl->status >= 500 || cl->aborted,
 			       cl->t_resp ? (uint32_t)(cl->t_resp - cl->t_start) : 0, cl->up_sent,
@@ -1644,6 +1633,7 @@ static void upstream_failed(struct client *cl, int status, const char *reason)
 			cl->retried = 1;
 			cl->up_head_built = 0;
 			cl->reason = NULL; /* the retry's own outcome is what the access log says */
+			lb_live_result(prev, -1, px.loop->now_ms);
 			lb_request_end(prev, 1, 0, 0, 0, px.loop->now_ms);
 			cl->srv = NULL;
 			start_upstream(cl, prev, next, 0);
@@ -1987,7 +1977,7 @@ static int step_handshake(struct client *cl)
 
 	ERR_clear_error();
 	r = SSL_do_handshake(cl->ssl);
-	async_forget(cl->ssl, &cl->async_ev);
+	tls_async_forget(cl->ssl, &cl->async_ev);
 	if (r == 1) {
 		SSL_clear_mode(cl->ssl, SSL_MODE_ASYNC); /* signatures are done */
 		cl->peer = tls_peer_new(cl->ssl, cl->lst_tls);
@@ -2011,7 +2001,7 @@ static int step_handshake(struct client *cl)
 		cl->wr_ready = 0;
 		return 0;
 	case SSL_ERROR_WANT_ASYNC:
-		async_watch(cl->ssl, &cl->async_ev, client_async_cb);
+		tls_async_watch(px.loop, cl->ssl, &cl->async_ev, client_async_cb);
 		return 0;
 	default:
 		tok = tls_front_token_down(cl->lst_tls);
@@ -2102,7 +2092,7 @@ static int upstream_handshake(struct client *cl, struct upstream *up)
 
 	ERR_clear_error();
 	r = SSL_do_handshake(up->ssl);
-	async_forget(up->ssl, &up->async_ev);
+	tls_async_forget(up->ssl, &up->async_ev);
 	if (r == 1) {
 		/* signatures are done: later reads and writes need no ASYNC jobs */
 		SSL_clear_mode(up->ssl, SSL_MODE_ASYNC);
@@ -2118,7 +2108,7 @@ static int upstream_handshake(struct client *cl, struct upstream *up)
 		up->wr_ready = 0;
 		return 0;
 	case SSL_ERROR_WANT_ASYNC:
-		async_watch(up->ssl, &up->async_ev, upstream_async_cb);
+		tls_async_watch(px.loop, up->ssl, &up->async_ev, upstream_async_cb);
 		return 0;
 	default: {
 		snprintf(cl->reason_buf, sizeof(cl->reason_buf), "%s",
@@ -2201,7 +2191,7 @@ static void upstream_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t ev
 		/* resume the job so it completes, then let the connection go */
 		ERR_clear_error();
 		SSL_do_handshake(up->ssl);
-		async_forget(up->ssl, &up->async_ev);
+		tls_async_forget(up->ssl, &up->async_ev);
 		if (!SSL_waiting_for_async(up->ssl)) {
 			up->state = UP_ACTIVE;
 			upstream_close(up);
@@ -2223,7 +2213,7 @@ static void client_async_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t even
 		/* resume the job so it completes, then let the connection go */
 		ERR_clear_error();
 		SSL_do_handshake(cl->ssl);
-		async_forget(cl->ssl, &cl->async_ev);
+		tls_async_forget(cl->ssl, &cl->async_ev);
 		if (!SSL_waiting_for_async(cl->ssl)) {
 			list_del(&cl->link);
 			client_release(cl);
@@ -2517,6 +2507,8 @@ int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errl
 		list_add_tail(&px.listeners, &l->link);
 		LOGI("listening on %s", l->name);
 	}
+	health_init(loop);
+	health_sync(cfg);
 	return 0;
 }
 
@@ -2547,6 +2539,7 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 		goto fail;
 	}
 	px.cfg = cfg;
+	health_sync(cfg);
 	for (i = 0; i < cfg->nlisteners; i++) {
 		struct listener *l = listener_find(&cfg->listeners[i]);
 
@@ -2673,4 +2666,28 @@ void proxy_token_state(struct fg_token *tok, int up)
 struct config *proxy_config(void)
 {
 	return px.cfg;
+}
+
+void proxy_server_admin(struct server_rt *rt, int admin)
+{
+	struct list *pos, *tmp;
+
+	rt->admin = admin;
+	if (admin == SRV_AVAILABLE || admin == SRV_DRAIN)
+		return;
+	pool_drain(rt); /* idle connections: nothing more will use them */
+	if (admin != SRV_UNAVAILABLE_IMMEDIATELY)
+		return;
+	list_for_each_safe(pos, tmp, &px.clients)
+	{
+		struct client *cl = container_of(pos, struct client, link);
+
+		if (cl->closed || !cl->srv || cl->srv->rt != rt || !cl->up ||
+		    (cl->state != CL_PROXY && cl->state != CL_TUNNEL))
+			continue;
+		cl->retried = 1; /* aborted, not moved: the operator said so */
+		upstream_failed(cl, 502, "server made unavailable immediately");
+		if (!cl->closed)
+			client_pump(cl);
+	}
 }

@@ -33,4 +33,11 @@ void proxy_token_state(struct fg_token *tok, int up);
 /* The generation new requests use. */
 struct config *proxy_config(void);
 
+struct server_rt;
+
+/* Sets a server's ARR state (enum srv_admin): UnavailableGracefully closes
+ * its idle connections, UnavailableImmediately also aborts the requests in
+ * flight on it (502, or a reset once the response had started). */
+void proxy_server_admin(struct server_rt *rt, int admin);
+
 #endif

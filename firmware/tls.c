@@ -717,3 +717,26 @@ void tls_log_stats(const struct config *cfg)
 	}
 	tls_front_log_stats(cfg);
 }
+
+/* ---- ASYNC jobs paused on a token signature ------------------------------- */
+
+void tls_async_forget(SSL *ssl, struct ev_fd *aev)
+{
+	if (aev->fd >= 0 && !SSL_waiting_for_async(ssl))
+		aev->fd = -1;
+}
+
+void tls_async_watch(struct ev_loop *loop, SSL *ssl, struct ev_fd *aev,
+		     void (*cb)(struct ev_loop *, struct ev_fd *, uint32_t))
+{
+	OSSL_ASYNC_FD fd;
+	size_t n = 0;
+
+	if (!SSL_get_all_async_fds(ssl, NULL, &n) || n != 1 || !SSL_get_all_async_fds(ssl, &fd, &n))
+		return;
+	if (fd == aev->fd)
+		return;
+	aev->fd = fd;
+	aev->cb = cb;
+	ev_fd_add(loop, aev, EPOLLIN);
+}

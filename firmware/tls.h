@@ -105,4 +105,13 @@ void tls_forget_sessions(struct config *cfg, struct fg_token *tok);
 /* Logs signature counters per token and per farm. */
 void tls_log_stats(const struct config *cfg);
 
+/* A handshake paused in an ASYNC job on a token signature: the signer's
+ * wait fd goes into the loop (tls_async_watch, after SSL_ERROR_WANT_ASYNC);
+ * the signer closes it once the signature is done, which also takes it out
+ * of epoll, so after each resumption tls_async_forget drops it, and nobody
+ * closes it. */
+void tls_async_watch(struct ev_loop *loop, SSL *ssl, struct ev_fd *aev,
+		     void (*cb)(struct ev_loop *, struct ev_fd *, uint32_t));
+void tls_async_forget(SSL *ssl, struct ev_fd *aev);
+
 #endif

@@ -1,0 +1,736 @@
+/* The control socket: a unix stream socket, root only, one JSON request per
+ * connection (docs/control.md). Everything runs in the event loop; a Verify
+ * URL Test answers when its probes are done. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "control.h"
+#include "health.h"
+#include "json.h"
+#include "lb.h"
+#include "list.h"
+#include "log.h"
+#include "proxy.h"
+
+#define CTL_REQ_MAX    65536
+#define CTL_TIMEOUT_MS 10000 /* to send the request */
+#define CTL_MAX_CONNS  16
+
+struct jbuf {
+	char *p;
+	size_t len, cap;
+	int oom;
+};
+
+struct ctl_conn {
+	struct ev_fd ev;
+	struct ev_timer tmr;
+	struct list link;
+	char *in;
+	size_t in_len;
+	struct jbuf out;
+	size_t out_off;
+	int replying;
+	struct verify *verify;
+	char farm[256]; /* the farm a verify runs on */
+};
+
+static struct {
+	struct ev_loop *loop;
+	struct ev_fd lsn;
+	char *path;
+	struct list conns;
+	struct list graveyard;
+	unsigned int nconns;
+	int inited;
+} C;
+
+static void conn_close(struct ctl_conn *c);
+
+/* ---- JSON output ------------------------------------------------------------ */
+
+static void jb_put(struct jbuf *b, const char *s, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = (b->len + n + 1) * 2;
+		char *p = realloc(b->p, cap);
+
+		if (!p) {
+			b->oom = 1;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+}
+
+static void jb_lit(struct jbuf *b, const char *s)
+{
+	jb_put(b, s, strlen(s));
+}
+
+static void jb_fmt(struct jbuf *b, const char *fmt, ...)
+{
+	char tmp[128];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		jb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void jb_str(struct jbuf *b, const char *s)
+{
+	jb_lit(b, "\"");
+	for (; s && *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '"' || ch == '\\')
+			jb_fmt(b, "\\%c", ch);
+		else if (ch < 0x20 || ch == 0x7f)
+			jb_fmt(b, "\\u%04x", ch);
+		else
+			jb_put(b, (const char *)&ch, 1);
+	}
+	jb_lit(b, "\"");
+}
+
+/* "key": value pieces; the caller writes commas. */
+static void jb_key(struct jbuf *b, const char *k)
+{
+	jb_str(b, k);
+	jb_lit(b, ":");
+}
+
+static const char *admin_name(int admin)
+{
+	switch (admin) {
+	case SRV_DRAIN:
+		return "DisallowNewConnections";
+	case SRV_UNAVAILABLE_GRACEFULLY:
+		return "UnavailableGracefully";
+	case SRV_UNAVAILABLE_IMMEDIATELY:
+		return "UnavailableImmediately";
+	default:
+		return "Available";
+	}
+}
+
+static int admin_parse(const char *s)
+{
+	static const char *const names[] = {"Available", "DisallowNewConnections",
+					    "UnavailableGracefully", "UnavailableImmediately"};
+	int i;
+
+	for (i = 0; i < 4; i++)
+		if (!strcasecmp(s, names[i]))
+			return i;
+	return -1;
+}
+
+struct counters {
+	uint64_t cur, total, failed, sent, recv, ws_cur, ws_total, rps;
+	uint64_t resp_ms, resp_n;
+};
+
+static void counters_add(struct counters *k, struct server_rt *rt, uint64_t now)
+{
+	k->cur += rt->current_requests;
+	k->total += rt->total_requests;
+	k->failed += rt->failed_requests;
+	k->sent += rt->bytes_sent;
+	k->recv += rt->bytes_received;
+	k->ws_cur += rt->ws_current;
+	k->ws_total += rt->ws_total;
+	k->rps += lb_rps(rt, now);
+	if (rt->avg_response_ms) {
+		k->resp_ms += rt->avg_response_ms;
+		k->resp_n++;
+	}
+}
+
+static void jb_counters(struct jbuf *b, const struct counters *k)
+{
+	jb_fmt(b,
+	       "{\"currentRequests\":%" PRIu64 ",\"totalRequests\":%" PRIu64
+	       ",\"failedRequests\":%" PRIu64 ",\"requestsPerSecond\":%" PRIu64,
+	       k->cur, k->total, k->failed, k->rps);
+	jb_fmt(b, ",\"bytesSent\":%" PRIu64 ",\"bytesReceived\":%" PRIu64, k->sent, k->recv);
+	jb_fmt(b,
+	       ",\"responseTimeMs\":%" PRIu64 ",\"webSocketCurrent\":%" PRIu64
+	       ",\"webSocketTotal\":%" PRIu64 "}",
+	       k->resp_n ? k->resp_ms / k->resp_n : 0, k->ws_cur, k->ws_total);
+}
+
+static void jb_time(struct jbuf *b, int64_t t)
+{
+	struct tm tm;
+	time_t tt = (time_t)t;
+	char s[32];
+
+	if (!t || !gmtime_r(&tt, &tm)) {
+		jb_lit(b, "null");
+		return;
+	}
+	strftime(s, sizeof(s), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	jb_str(b, s);
+}
+
+static void jb_server(struct jbuf *b, const struct server *s, uint64_t now)
+{
+	struct server_rt *rt = s->rt;
+	struct counters k;
+
+	memset(&k, 0, sizeof(k));
+	counters_add(&k, rt, now);
+	jb_lit(b, "{");
+	jb_key(b, "server");
+	jb_str(b, rt->name);
+	jb_lit(b, ",");
+	jb_key(b, "address");
+	jb_str(b, s->address);
+	jb_fmt(b, ",\"httpPort\":%u,\"httpsPort\":%u,\"enabled\":%s,\"weight\":%u,", s->http_port,
+	       s->https_port, s->enabled ? "true" : "false", s->weight);
+	jb_key(b, "state");
+	jb_str(b, admin_name(rt->admin));
+	jb_fmt(b, ",\"healthy\":%s,\"health\":{", rt->healthy ? "true" : "false");
+	jb_key(b, "lastResult");
+	jb_str(b, health_result_name(rt->last_result));
+	jb_fmt(b, ",\"lastStatus\":%d,\"lastTimeMs\":%u,", rt->last_status, rt->last_time_ms);
+	jb_key(b, "lastReason");
+	jb_str(b, rt->last_reason);
+	jb_fmt(b, ",\"consecutiveFailures\":%u,\"liveFailures\":%u,\"since\":", rt->probe_failures,
+	       rt->live_n);
+	jb_time(b, rt->health_changed);
+	jb_lit(b, "},\"counters\":");
+	jb_counters(b, &k);
+	jb_lit(b, "}");
+}
+
+static void jb_farm(struct jbuf *b, const struct farm *f, uint64_t now)
+{
+	struct counters k;
+	unsigned int i, n = 0;
+
+	memset(&k, 0, sizeof(k));
+	for (i = 0; i < f->nservers; i++)
+		if (f->servers[i].rt)
+			counters_add(&k, f->servers[i].rt, now);
+	jb_lit(b, "{");
+	jb_key(b, "name");
+	jb_str(b, f->name);
+	jb_lit(b, ",");
+	jb_key(b, "state");
+	jb_str(b, f->rt && f->rt->offline ? "Offline" : "Online");
+	jb_fmt(b, ",\"enabled\":%s,\"healthCheck\":", f->enabled ? "true" : "false");
+	if (f->health.url) {
+		jb_lit(b, "{");
+		jb_key(b, "url");
+		jb_str(b, f->health.url);
+		jb_fmt(b, ",\"intervalMs\":%u,\"timeoutMs\":%u,\"retries\":%u,\"minServers\":%u}",
+		       f->health.interval_ms, f->health.timeout_ms, f->health.retries,
+		       f->health.min_servers);
+	} else {
+		jb_lit(b, "null");
+	}
+	jb_lit(b, ",\"counters\":");
+	jb_counters(b, &k);
+	jb_lit(b, ",\"servers\":[");
+	for (i = 0; i < f->nservers; i++) {
+		if (!f->servers[i].rt)
+			continue;
+		if (n++)
+			jb_lit(b, ",");
+		jb_server(b, &f->servers[i], now);
+	}
+	jb_lit(b, "]}");
+}
+
+/* ---- requests ---------------------------------------------------------------- */
+
+static void reply_error(struct ctl_conn *c, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	c->out.len = 0;
+	jb_lit(&c->out, "{\"ok\":false,\"error\":");
+	jb_str(&c->out, msg);
+	jb_lit(&c->out, "}\n");
+}
+
+static const char *str_member(const struct json_value *o, const char *k)
+{
+	const struct json_value *v = json_get(o, k);
+
+	return v && v->type == JSON_STRING ? v->u.str.s : NULL;
+}
+
+/* The server of f named "address:port", "[v6]:port", or a bare address
+ * that only one server has. */
+static struct server *find_server(struct farm *f, const char *name, int *ambiguous)
+{
+	struct server *hit = NULL;
+	unsigned int i, n = 0;
+
+	*ambiguous = 0;
+	for (i = 0; i < f->nservers; i++) {
+		struct server *s = &f->servers[i];
+
+		if (!s->rt)
+			continue;
+		if (!strcasecmp(s->rt->name, name))
+			return s;
+		if (!strcasecmp(s->address, name)) {
+			hit = s;
+			n++;
+		}
+	}
+	if (n > 1) {
+		*ambiguous = 1;
+		return NULL;
+	}
+	return hit;
+}
+
+static void verify_done(void *arg)
+{
+	struct ctl_conn *c = arg;
+	struct config *cfg = proxy_config();
+	struct farm *f = cfg ? cfg_find_farm(cfg, c->farm, strlen(c->farm)) : NULL;
+	unsigned int i, n = 0;
+
+	c->verify = NULL;
+	if (!f) {
+		reply_error(c, "farm \"%s\" left the configuration during the test", c->farm);
+	} else {
+		c->out.len = 0;
+		jb_lit(&c->out, "{\"ok\":true,\"farm\":");
+		jb_str(&c->out, f->name);
+		jb_lit(&c->out, ",\"results\":[");
+		for (i = 0; i < f->nservers; i++) {
+			struct server_rt *rt = f->servers[i].rt;
+
+			if (!rt)
+				continue;
+			if (n++)
+				jb_lit(&c->out, ",");
+			jb_lit(&c->out, "{\"server\":");
+			jb_str(&c->out, rt->name);
+			jb_lit(&c->out, ",\"result\":");
+			jb_str(&c->out, health_result_name(rt->last_result));
+			jb_fmt(&c->out, ",\"status\":%d,\"timeMs\":%u,\"healthy\":%s,\"reason\":",
+			       rt->last_status, rt->last_time_ms, rt->healthy ? "true" : "false");
+			jb_str(&c->out, rt->last_reason);
+			jb_lit(&c->out, "}");
+		}
+		jb_lit(&c->out, "]}\n");
+	}
+	c->replying = 1;
+	ev_fd_mod(C.loop, &c->ev, EPOLLOUT);
+}
+
+/* Handles one request. Returns 1 when the answer is ready in c->out, 0 when
+ * it comes later (verify). */
+static int handle(struct ctl_conn *c, const struct json_value *req)
+{
+	struct config *cfg = proxy_config();
+	const char *op = str_member(req, "op");
+	const char *fname = str_member(req, "farm");
+	const char *sname = str_member(req, "server");
+	uint64_t now = C.loop->now_ms;
+	struct farm *f = NULL;
+	struct server *s = NULL;
+	unsigned int i;
+	int amb = 0;
+
+	if (req->type != JSON_OBJECT || !op) {
+		reply_error(c, "a request is a JSON object with \"op\"");
+		return 1;
+	}
+	if (!cfg) {
+		reply_error(c, "no configuration");
+		return 1;
+	}
+	if (fname) {
+		f = cfg_find_farm(cfg, fname, strlen(fname));
+		if (!f) {
+			reply_error(c, "no farm \"%s\"", fname);
+			return 1;
+		}
+	}
+	if (sname) {
+		if (!f) {
+			reply_error(c, "\"server\" needs \"farm\"");
+			return 1;
+		}
+		s = find_server(f, sname, &amb);
+		if (!s) {
+			reply_error(c,
+				    amb ? "farm %s has several servers at %s: give address:port"
+					: "farm %s has no server \"%s\"",
+				    f->name, sname);
+			return 1;
+		}
+	}
+	if (!strcmp(op, "status")) {
+		jb_lit(&c->out, "{\"ok\":true,\"farms\":[");
+		for (i = 0; i < cfg->nfarms; i++) {
+			if (f && f != &cfg->farms[i])
+				continue;
+			if (!f && i)
+				jb_lit(&c->out, ",");
+			jb_farm(&c->out, &cfg->farms[i], now);
+		}
+		jb_lit(&c->out, "]}\n");
+		return 1;
+	}
+	if (!strcmp(op, "server") || !strcmp(op, "health")) {
+		const struct json_value *hv = json_get(req, "healthy");
+		const char *st = str_member(req, "state");
+		int admin;
+
+		if (!s) {
+			reply_error(c, "\"%s\" needs \"farm\" and \"server\"", op);
+			return 1;
+		}
+		if (!strcmp(op, "server")) {
+			admin = st ? admin_parse(st) : -1;
+			if (admin < 0) {
+				reply_error(c,
+					    "\"state\" must be Available, DisallowNewConnections, "
+					    "UnavailableGracefully or UnavailableImmediately");
+				return 1;
+			}
+			if (admin != s->rt->admin)
+				LOGI("farm %s server %s: %s (control socket)", f->name, s->rt->name,
+				     admin_name(admin));
+			proxy_server_admin(s->rt, admin);
+		} else {
+			if (!hv || (hv->type != JSON_TRUE && hv->type != JSON_FALSE)) {
+				reply_error(c, "\"healthy\" must be true or false");
+				return 1;
+			}
+			lb_set_healthy(s->rt, hv->type == JSON_TRUE, "set by the operator", now);
+		}
+		jb_lit(&c->out, "{\"ok\":true,\"farm\":");
+		jb_str(&c->out, f->name);
+		jb_lit(&c->out, ",\"status\":");
+		jb_server(&c->out, s, now);
+		jb_lit(&c->out, "}\n");
+		return 1;
+	}
+	if (!f) {
+		reply_error(c, "\"%s\" needs \"farm\"", op);
+		return 1;
+	}
+	if (!strcmp(op, "farm")) {
+		const char *st = str_member(req, "state");
+
+		if (!st || (strcasecmp(st, "Online") && strcasecmp(st, "Offline"))) {
+			reply_error(c, "\"state\" must be Online or Offline");
+			return 1;
+		}
+		if (f->rt && f->rt->offline != !strcasecmp(st, "Offline")) {
+			f->rt->offline = !strcasecmp(st, "Offline");
+			LOGI("farm %s: %s (control socket)", f->name,
+			     f->rt->offline ? "taken offline" : "brought online");
+		}
+	} else if (!strcmp(op, "reset")) {
+		for (i = 0; i < f->nservers; i++)
+			if (f->servers[i].rt && (!s || s == &f->servers[i]))
+				lb_reset_counters(f->servers[i].rt);
+	} else if (!strcmp(op, "verify")) {
+		if (!f->health.url) {
+			reply_error(c, "farm %s has no URL test (healthCheck.url)", f->name);
+			return 1;
+		}
+		snprintf(c->farm, sizeof(c->farm), "%s", f->name);
+		c->verify = health_verify(f, verify_done, c);
+		if (!c->verify) {
+			reply_error(c, "out of memory");
+			return 1;
+		}
+		return 0;
+	} else {
+		reply_error(c, "unknown op \"%s\" (status, server, farm, health, verify, reset)",
+			    op);
+		return 1;
+	}
+	jb_lit(&c->out, "{\"ok\":true,\"farm\":");
+	jb_farm(&c->out, f, now);
+	jb_lit(&c->out, "}\n");
+	return 1;
+}
+
+/* ---- connections ------------------------------------------------------------- */
+
+static void conn_io(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	struct ctl_conn *c = container_of(w, struct ctl_conn, ev);
+
+	(void)loop;
+	if (c->replying) {
+		while (c->out_off < c->out.len) {
+			ssize_t n = write(c->ev.fd, c->out.p + c->out_off, c->out.len - c->out_off);
+
+			if (n < 0 && errno == EAGAIN)
+				return;
+			if (n <= 0)
+				break;
+			c->out_off += (size_t)n;
+		}
+		conn_close(c);
+		return;
+	}
+	if (c->verify) { /* waiting for the probes */
+		if (events & (EPOLLHUP | EPOLLERR))
+			conn_close(c);
+		return;
+	}
+	for (;;) {
+		ssize_t n = read(c->ev.fd, c->in + c->in_len, CTL_REQ_MAX - c->in_len);
+		char *nl;
+		char err[256];
+		struct json_doc *doc;
+
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			if (!c->in_len) {
+				conn_close(c);
+				return;
+			}
+		} else {
+			c->in_len += (size_t)n;
+		}
+		nl = memchr(c->in, '\n', c->in_len);
+		if (!nl && n > 0 && c->in_len < CTL_REQ_MAX)
+			continue;
+		if (!nl && c->in_len >= CTL_REQ_MAX) {
+			reply_error(c, "request longer than %d bytes", CTL_REQ_MAX);
+		} else {
+			size_t len = nl ? (size_t)(nl - c->in) : c->in_len;
+
+			doc = json_parse(c->in, len, err, sizeof(err));
+			if (!doc) {
+				reply_error(c, "bad JSON: %s", err);
+			} else {
+				int ready = handle(c, doc->root);
+
+				json_free(doc);
+				if (!ready) {
+					/* the answer comes with the probes' results; a
+					 * client that half-closed still gets it */
+					ev_fd_mod(C.loop, &c->ev, 0);
+					ev_timer_del(C.loop, &c->tmr);
+					return;
+				}
+			}
+		}
+		if (c->out.oom)
+			reply_error(c, "out of memory");
+		c->replying = 1;
+		ev_timer_set(C.loop, &c->tmr, C.loop->now_ms + CTL_TIMEOUT_MS);
+		ev_fd_mod(C.loop, &c->ev, EPOLLOUT);
+		return;
+	}
+}
+
+static void conn_timer(struct ev_loop *loop, struct ev_timer *t)
+{
+	(void)loop;
+	conn_close(container_of(t, struct ctl_conn, tmr));
+}
+
+static void conn_close(struct ctl_conn *c)
+{
+	if (c->ev.fd < 0)
+		return;
+	if (c->verify) {
+		health_verify_cancel(c->verify);
+		c->verify = NULL;
+	}
+	ev_timer_del(C.loop, &c->tmr);
+	ev_fd_close(C.loop, &c->ev);
+	list_del(&c->link);
+	list_add_tail(&C.graveyard, &c->link);
+	C.nconns--;
+}
+
+static void collect(void)
+{
+	while (!list_empty(&C.graveyard)) {
+		struct ctl_conn *c = container_of(C.graveyard.next, struct ctl_conn, link);
+
+		list_del(&c->link);
+		free(c->in);
+		free(c->out.p);
+		free(c);
+	}
+}
+
+/* root, or the daemon's own user */
+static int peer_allowed(int fd)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == -1)
+		return 0;
+	return cr.uid == 0 || cr.uid == geteuid();
+}
+
+static void lsn_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	(void)events;
+	collect();
+	for (;;) {
+		int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct ctl_conn *c;
+
+		if (fd == -1)
+			return;
+		if (!peer_allowed(fd)) {
+			static const char deny[] =
+				"{\"ok\":false,\"error\":\"permission denied: root "
+				"only\"}\n";
+
+			LOGW("control socket: refused a peer that is not root");
+			if (write(fd, deny, sizeof(deny) - 1) < 0) {
+				/* nothing more to tell it */
+			}
+			close(fd);
+			continue;
+		}
+		c = C.nconns < CTL_MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
+		if (c)
+			c->in = malloc(CTL_REQ_MAX);
+		if (!c || !c->in) {
+			if (c)
+				free(c);
+			close(fd);
+			continue;
+		}
+		c->ev.fd = fd;
+		c->ev.cb = conn_io;
+		ev_timer_init(&c->tmr, conn_timer);
+		if (ev_fd_add(loop, &c->ev, EPOLLIN | EPOLLRDHUP) == -1) {
+			free(c->in);
+			free(c);
+			close(fd);
+			continue;
+		}
+		list_add_tail(&C.conns, &c->link);
+		C.nconns++;
+		ev_timer_set(loop, &c->tmr, loop->now_ms + CTL_TIMEOUT_MS);
+	}
+}
+
+static void lsn_close(void)
+{
+	if (C.lsn.fd >= 0) {
+		ev_fd_close(C.loop, &C.lsn);
+		if (C.path)
+			unlink(C.path);
+	}
+	free(C.path);
+	C.path = NULL;
+}
+
+void control_listen(struct ev_loop *loop, const char *path)
+{
+	struct sockaddr_un un;
+	mode_t old;
+	int fd;
+
+	if (!C.inited) {
+		list_init(&C.conns);
+		list_init(&C.graveyard);
+		C.lsn.fd = -1;
+		C.inited = 1;
+	}
+	C.loop = loop;
+	if ((!path && !C.path) || (path && C.path && !strcmp(path, C.path)))
+		return;
+	lsn_close();
+	if (!path)
+		return;
+	memset(&un, 0, sizeof(un));
+	un.sun_family = AF_UNIX;
+	snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		goto fail;
+	if (connect(fd, (struct sockaddr *)&un, sizeof(un)) == 0 || errno == EAGAIN) {
+		LOGW("control socket %s: another farmgated answers there; this one has no "
+		     "control socket",
+		     path);
+		close(fd);
+		return;
+	}
+	if (errno == ECONNREFUSED)
+		unlink(path); /* stale: its daemon is gone */
+	close(fd);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		goto fail;
+	old = umask(077);
+	if (bind(fd, (struct sockaddr *)&un, sizeof(un)) == -1) {
+		umask(old);
+		close(fd);
+		goto fail;
+	}
+	umask(old);
+	if (chmod(path, 0600) == -1 || listen(fd, 16) == -1) {
+		close(fd);
+		unlink(path);
+		goto fail;
+	}
+	C.lsn.fd = fd;
+	C.lsn.cb = lsn_cb;
+	if (ev_fd_add(loop, &C.lsn, EPOLLIN) == -1) {
+		close(fd);
+		C.lsn.fd = -1;
+		unlink(path);
+		goto fail;
+	}
+	C.path = strdup(path);
+	LOGI("control socket on %s", path);
+	return;
+fail:
+	LOGW("control socket %s: %s; running without one", path, strerror(errno));
+}
+
+void control_close(void)
+{
+	struct list *pos, *tmp;
+
+	if (!C.inited)
+		return;
+	lsn_close();
+	list_for_each_safe(pos, tmp, &C.conns) conn_close(container_of(pos, struct ctl_conn, link));
+	collect();
+}
