@@ -795,6 +795,104 @@ static void test_affinity_ignored_or_falls_back(void **state)
 	tf_fini(&t);
 }
 
+/* ARR's runtime states: DisallowNewConnections keeps affinitised clients,
+ * the Unavailable states keep everyone away; unhealthy servers are out. */
+static void test_server_states(void **state)
+{
+	static const uint32_t w[] = {100, 100, 100};
+	struct lb_input in = {0};
+	struct tfarm t;
+	int i;
+
+	(void)state;
+	tf_init(&t, "states", LB_WEIGHTED_ROUND_ROBIN, 3, w);
+	t.farm.affinity.use_cookie = 1;
+	t.srv[2].rt->admin = SRV_DRAIN;
+	for (i = 0; i < 20; i++)
+		assert_int_not_equal(pick_idx(&t, &in), 2);
+	in.affinity_id = t.srv[2].affinity_id;
+	assert_int_equal(pick_idx(&t, &in), 2); /* drain: its own clients still */
+	t.srv[2].rt->admin = SRV_UNAVAILABLE_GRACEFULLY;
+	assert_int_not_equal(pick_idx(&t, &in), 2);
+	t.srv[2].rt->admin = SRV_UNAVAILABLE_IMMEDIATELY;
+	assert_int_not_equal(pick_idx(&t, &in), 2);
+	t.srv[2].rt->admin = SRV_AVAILABLE;
+	assert_int_equal(pick_idx(&t, &in), 2);
+	/* unhealthy: out, affinity or not */
+	lb_set_healthy(t.srv[2].rt, 0, "test", T0);
+	assert_int_not_equal(pick_idx(&t, &in), 2);
+	lb_set_healthy(t.srv[0].rt, 0, "test", T0);
+	in.affinity_id = 0;
+	for (i = 0; i < 10; i++)
+		assert_int_equal(pick_idx(&t, &in), 1);
+	lb_set_healthy(t.srv[1].rt, 0, "test", T0);
+	assert_int_equal(pick_idx(&t, &in), -1);
+	/* minServers keeps that many in rotation, in configuration order */
+	t.farm.health.min_servers = 2;
+	for (i = 0; i < 20; i++) {
+		int k = pick_idx(&t, &in);
+
+		assert_true(k == 0 || k == 1);
+	}
+	lb_set_healthy(t.srv[1].rt, 1, "test", T0);
+	for (i = 0; i < 20; i++) {
+		int k = pick_idx(&t, &in);
+
+		assert_true(k == 0 || k == 1); /* 1 healthy + 1 rescued */
+	}
+	t.farm.health.min_servers = 0;
+	for (i = 0; i < 10; i++)
+		assert_int_equal(pick_idx(&t, &in), 1);
+	/* a farm taken offline picks nothing */
+	t.farm.rt->offline = 1;
+	assert_int_equal(pick_idx(&t, &in), -1);
+	assert_int_equal(lb_farm_online(&t.farm), 0);
+	t.farm.rt->offline = 0;
+	tf_fini(&t);
+}
+
+/* maxLiveTrafficFailures within liveTrafficFailurePeriod, only the listed
+ * codes and connection failures; without a URL test the server returns
+ * after the period. */
+static void test_live_traffic_failures(void **state)
+{
+	static const uint32_t w[] = {100, 100};
+	struct lb_input in = {0};
+	struct server_rt *rt;
+	struct tfarm t;
+	int i;
+
+	(void)state;
+	tf_init(&t, "live", LB_WEIGHTED_ROUND_ROBIN, 2, w);
+	rt = t.srv[0].rt;
+	t.farm.health.live_codes.lo[0] = 500;
+	t.farm.health.live_codes.hi[0] = 999;
+	t.farm.health.live_codes.n = 1;
+	t.farm.health.max_live_failures = 3;
+	t.farm.health.live_period_ms = 0;
+	for (i = 0; i < 5; i++)
+		lb_live_result(&t.srv[0], 503, T0);
+	assert_int_equal(rt->healthy, 1); /* period 0: the test is off */
+	t.farm.health.live_period_ms = 10000;
+	lb_live_result(&t.srv[0], 200, T0);
+	lb_live_result(&t.srv[0], 404, T0);
+	lb_live_result(&t.srv[0], 500, T0);
+	lb_live_result(&t.srv[0], -1, T0 + 1000);
+	assert_int_equal(rt->healthy, 1);
+	/* the first failure is more than a period old when the third comes */
+	lb_live_result(&t.srv[0], 502, T0 + 10500);
+	assert_int_equal(rt->healthy, 1);
+	lb_live_result(&t.srv[0], 502, T0 + 10600);
+	assert_int_equal(rt->healthy, 0);
+	in.now_ms = T0 + 10700;
+	assert_int_equal(pick_idx(&t, &in), 1);
+	/* no URL test: back after the period */
+	in.now_ms = T0 + 10600 + 10000;
+	assert_int_equal(pick_idx(&t, &in) >= 0, 1);
+	assert_int_equal(rt->healthy, 1);
+	tf_fini(&t);
+}
+
 static void test_affinity_id(void **state)
 {
 	static const uint32_t w[] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -1081,6 +1179,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_wrr_equal_weights_alternate),
+		cmocka_unit_test(test_server_states),
+		cmocka_unit_test(test_live_traffic_failures),
 		cmocka_unit_test(test_wrr_exact_300_100_100),
 		cmocka_unit_test(test_wrr_smooth_sequence_5_1_1),
 		cmocka_unit_test(test_wrr_exclude_keeps_proportions),
