@@ -33,7 +33,8 @@ CPPFLAGS := -D_GNU_SOURCE -I$(O)/include -Ifirmware -Ihsm -DFG_VERSION='"$(VERSI
 	$(PCRE_CFLAGS) $(P11_CFLAGS) -DOPENSSL_API_COMPAT=30000 -DOPENSSL_SUPPRESS_DEPRECATED
 LDLIBS := $(PCRE_LIBS) -lssl -lcrypto -ldl -lpthread
 
-FW_SRCS := $(sort $(wildcard firmware/*.c))
+# firmware/ctlclient.c is farmgatectl's (the control socket's client), not farmgated's
+FW_SRCS := $(sort $(filter-out firmware/ctlclient.c,$(wildcard firmware/*.c)))
 FW_OBJS := $(FW_SRCS:%.c=$(O)/obj/%.o)
 HSM_SRCS := $(sort $(filter-out hsm/farmgatectl.c,$(wildcard hsm/*.c)))
 HSM_OBJS := $(HSM_SRCS:%.c=$(O)/obj/%.o)
@@ -128,7 +129,8 @@ $(O)/farmgated: $(FW_OBJS) $(HSM_OBJS)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
 
-$(O)/farmgatectl: $(O)/obj/hsm/farmgatectl.o $(HSM_OBJS) $(O)/obj/firmware/log.o
+$(O)/farmgatectl: $(O)/obj/hsm/farmgatectl.o $(HSM_OBJS) $(O)/obj/firmware/log.o \
+		$(O)/obj/firmware/ctlclient.o $(O)/obj/firmware/json.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
 
@@ -160,7 +162,8 @@ $(O)/tests/tools/%: $(O)/obj/tests/tools/%.o
 asan: $(AUTOCONF)
 	$(Q)$(MAKE) --no-print-directory O=$(O)/asan SANITIZE=1 KCONFIG_CONFIG=$(abspath $(KCONFIG_CONFIG)) all unit
 
--include $(FW_OBJS:.o=.d) $(HSM_OBJS:.o=.d) $(O)/obj/hsm/farmgatectl.d $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
+-include $(FW_OBJS:.o=.d) $(HSM_OBJS:.o=.d) $(O)/obj/hsm/farmgatectl.d \
+	$(O)/obj/firmware/ctlclient.d $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
 
 # ---- run and test -------------------------------------------------------
 run: deps all

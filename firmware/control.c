@@ -437,7 +437,7 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 		}
 		jb_lit(&c->out, "{\"ok\":true,\"farm\":");
 		jb_str(&c->out, f->name);
-		jb_lit(&c->out, ",\"status\":");
+		jb_lit(&c->out, ",\"server\":");
 		jb_server(&c->out, s, now);
 		jb_lit(&c->out, "}\n");
 		return 1;

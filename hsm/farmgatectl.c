@@ -1,4 +1,5 @@
-/* farmgatectl: the operator's tool; `farmgatectl token ...` manages PKCS#11 tokens, keys and certificates. */
+/* farmgatectl: the operator's tool; `farmgatectl token ...` manages PKCS#11 tokens, keys and certificates,
+ * `farmgatectl status|server|farm|health ...` talks to a running farmgated (ctlclient.c). */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "ctlclient.h"
 #include "key.h"
 #include "p11.h"
 
@@ -29,9 +31,11 @@
 #define MAX_FILE       (4 << 20)
 
 static const char usage_text[] =
-	"usage: farmgatectl token <command> [options]\n"
-	"\n"
-	"commands:\n"
+	"usage: farmgatectl status|server|farm|health ... [--socket PATH] [--timeout SECONDS] "
+	"[--json]\n"
+	"       farmgatectl token <command> [options]\n"
+	"\n" CTL_USAGE "\n"
+	"token commands (PKCS#11 tokens, keys and certificates):\n"
 	"  slots                             every slot and token of the module\n"
 	"  init --label L --so-pin-env V --pin-env V2\n"
 	"                                    initialise a free SoftHSM token (demo, tests)\n"
@@ -51,7 +55,7 @@ static const char usage_text[] =
 	"                                    mechanism, default 5): \"<mech> <N> signatures/s\"\n"
 	"  help\n"
 	"\n"
-	"common options:\n"
+	"token options:\n"
 	"  --module PATH     PKCS#11 module (default " DEFAULT_MODULE ")\n"
 	"  --token URI       pkcs11:token=LABEL (RFC 7512); default: the only token present\n"
 	"  --pin-file FILE   the user PIN, from a file owned by root with mode 0600\n"
@@ -1585,8 +1589,15 @@ int main(int argc, char **argv)
 		fputs(usage_text, argc < 2 ? stderr : stdout);
 		return argc < 2 ? EXIT_USAGE : EXIT_OK;
 	}
+	if (strcmp(argv[1], "help") == 0) {
+		fputs(usage_text, stdout);
+		return EXIT_OK;
+	}
+	if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "server") == 0 ||
+	    strcmp(argv[1], "farm") == 0 || strcmp(argv[1], "health") == 0)
+		return ctl_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "token") != 0) {
-		say_err("unknown command '%s' (try: farmgatectl token help)", argv[1]);
+		say_err("unknown command '%s' (try: farmgatectl help)", argv[1]);
 		return EXIT_USAGE;
 	}
 	if (argc < 3 || strcmp(argv[2], "help") == 0 || strcmp(argv[2], "-h") == 0 ||
