@@ -118,7 +118,9 @@ def main():
         port = pick_port(a.port)
         tls_port = pick_port(port + 363)
         cfg = harness.make_config(
-            farms=[harness.farm("demo", [harness.server(b.port) for b in backends]),
+            farms=[harness.farm("demo", [harness.server(b.port) for b in backends],
+                                healthCheck={"url": "http://demo.local/", "interval": "00:00:05",
+                                             "timeout": "00:00:02", "responseMatch": "Hello"}),
                    harness.farm("static", [harness.server(b.port) for b in backends]),
                    harness.farm("whoami", [harness.server(whoami.port)]),
                    harness.farm("secure", [backends_secure],
@@ -132,7 +134,8 @@ def main():
                        {"address": "127.0.0.1", "port": tls_port,
                         "ssl": {"certificates": [{"certificateHash": front.sha1}],
                                 "clientCertificates": "Accept", "clientCaFile": ca.crt}}],
-            tokens=[tok.token_cfg()])
+            tokens=[tok.token_cfg()],
+            control={"socket": os.path.join(demo_dir, "control.sock")})
         cfg_path = os.path.join(demo_dir, "farmgated.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f, indent=2)
@@ -173,12 +176,20 @@ def main():
    curl --cacert {ca} --cert {badge} --key {bkey} \\
         -H 'Host: badge.local' https://localhost:{tp}/                               # with one
 
+ Health checks and server states (farm "demo" probes each server every 5 s):
+   export FARMGATE_SOCKET={sock}
+   {fgctl} status
+   {fgctl} server demo 127.0.0.1:{pa} drain     # ARR's Disallow New Connections
+   {fgctl} farm demo verify                    # Verify URL Test
+   {fgctl} server demo 127.0.0.1:{pa} available
+
  Config: {cfg}   (edit it, then: kill -HUP {pid} to reload)
  Logs (access lines included) appear below. Press Ctrl-C to stop everything.
 ============================================================================
 """.format(p=port, check=check, cfg=cfg_path, pid=fg.pid, tokdir=tok.dir, sha1=cert.sha1,
            conf=tok.conf, ctl=tok.ctl_bin, pinf=tok.pin_file, tp=tls_port, fsha1=front.sha1,
-           ca=ca.crt, badge=badge, bkey=badge_key), flush=True)
+           ca=ca.crt, badge=badge, bkey=badge_key, fgctl=tok.ctl_bin,
+           sock=os.path.join(demo_dir, "control.sock"), pa=backends[0].port), flush=True)
         while stop["sig"] is None:
             if fg.poll() is not None:
                 print("demo: farmgated exited with code %s" % fg.returncode, file=sys.stderr)
