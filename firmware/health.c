@@ -135,6 +135,8 @@ static void conn_close(struct probe *p)
 			epoll_ctl(H.loop->epfd, EPOLL_CTL_DEL, p->ev.fd, NULL);
 			return;
 		}
+		if (SSL_is_init_finished(p->ssl))
+			SSL_shutdown(p->ssl); /* else the session is not resumable */
 		SSL_free(p->ssl);
 		p->ssl = NULL;
 		ERR_clear_error();

@@ -1529,6 +1529,10 @@ static void request_done(struct client *cl)
 static void client_release(struct client *cl)
 {
 	if (cl->ssl) {
+		/* a finished handshake's session stays resumable (session-id
+		 * cache) however the connection ended; nothing more is sent */
+		if (SSL_is_init_finished(cl->ssl))
+			SSL_set_shutdown(cl->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
 		SSL_free(cl->ssl);
 		cl->ssl = NULL;
 		ERR_clear_error();

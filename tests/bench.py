@@ -24,6 +24,14 @@ signatures per process:
   3. slow token: 100 ms per signature while handshakes wait on it; the warm farm's p99 under
      that load (nginx's single worker stalls on every signature).
 Each scenario gets its own table in results.md and a key under "token" in results.json.
+
+Then the HTTPS listeners (issue 4), key "front_tls" in results.json: handshakes/s of
+farmgated's and nginx's front TLS, with the same certificate files (RSA-2048 and ECDSA P-256,
+from tests/integration/tlsbench_pki.py) and the same plain-HTTP backend, full handshakes
+(`openssl s_time -new`) and TLS 1.3 resumptions (`-reuse`), each connection carrying one small
+GET through to the backend; 2 s_time clients at once, --front-seconds (2) per run, --rounds
+alternating. Also farmgated with its RSA-2048 key on a SoftHSM token (certificateHash)
+against nginx's file key, labelled as such. Proxy CPU per handshake beside each rate.
 """
 import argparse
 import base64
@@ -867,6 +875,443 @@ def token_md(t, a):
     return L
 
 
+# ---- front-end TLS: HTTPS listeners' handshake rates (issue 4) -----------------------------
+
+FRONT_NAME = "www.bench.test"  # the front certificates' SAN
+FRONT_KEY_TYPES = ("rsa2048", "p256")
+FRONT_TOKEN_LABEL, FRONT_TOKEN_KEY = "front", "front-rsa"
+FRONT_TLS = ("ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve X25519:prime256v1:secp384r1; "
+             "ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+             "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+             "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305; "
+             "ssl_prefer_server_ciphers on; ssl_session_cache shared:front:10m; "
+             "ssl_session_timeout 1h; ssl_session_tickets on; ")
+
+
+def operator_pki(directory):
+    """tests/integration/tlsbench_pki.py (stdlib + openssl CLI), shared with the testssl test."""
+    sys.path.insert(0, os.path.join(HERE, "integration"))
+    try:
+        import tlsbench_pki
+    finally:
+        sys.path.pop(0)
+    return tlsbench_pki.OperatorPki(directory)
+
+
+def s_time(port, mode, seconds, clients):
+    """`clients` concurrent `openssl s_time -connect 127.0.0.1:<port> -<mode> -time <seconds>
+    -www /bench` (mode "new": a full handshake per connection; "reuse": every connection
+    resumes the previous one's session, TLS 1.3 tickets included). Each connection is one TLS
+    handshake, one `GET /bench HTTP/1.0` through to the backend, its response read to the
+    end, then a close. s_time prints one character per connection: '*' full, 'r' resumed.
+    Returns connections, handshakes/s (the sum over clients of connections / that client's
+    wall time), resumed and full counts, bytes per connection and failed clients (s_time
+    stops at the first failed connection and prints no count)."""
+    procs = []
+    for _ in range(clients):
+        t0 = time.monotonic()
+        p = subprocess.Popen([OPENSSL, "s_time", "-connect", "127.0.0.1:%d" % port, "-" + mode,
+                              "-time", str(seconds), "-www", "/bench"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=clean_env())
+        procs.append((p, t0))
+    r = {"connections": 0, "rate": 0.0, "resumed": 0, "full": 0, "failed_clients": 0,
+         "bytes_per_conn": 0, "errors": []}
+    for p, t0 in procs:
+        try:
+            out, err = p.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        wall = time.monotonic() - t0
+        m = re.search(r"^(\d+) connections in [\d.]+s;", out, re.M)
+        b = re.search(r"^\d+ connections in \d+ real seconds, (\d+) bytes read per connection",
+                      out, re.M)
+        marks = "".join(l for l in out.splitlines() if l and re.fullmatch(r"[*rt3]+", l))
+        if p.returncode != 0 or not m:
+            r["failed_clients"] += 1
+            r["errors"].append((out[-300:] + err[-300:]).replace("\n", " ")[-400:])
+            continue
+        n = int(m.group(1))
+        r["connections"] += n
+        r["rate"] += n / wall
+        r["resumed"] += marks.count("r")
+        r["full"] += n - marks.count("r")
+        r["bytes_per_conn"] = int(b.group(1)) if b else 0
+    return r
+
+
+def https_check(port, ca):
+    """One GET /bench over HTTPS (certificate verified for FRONT_NAME against ca): (status,
+    body, TLS version, cipher)."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname=FRONT_NAME) as s:
+            c = http.client.HTTPConnection(FRONT_NAME)
+            c.sock = s
+            c.request("GET", "/bench", headers={"Host": FRONT_NAME})
+            resp = c.getresponse()
+            return resp.status, resp.read().decode("utf-8", "replace"), s.version(), s.cipher()[0]
+
+
+def front_nginx_conf(be_port, listeners):
+    """nginx as the TLS front: one server per (port, ServerCert), Mozilla intermediate
+    settings limited to ECDHE (farmgated's profile), server cipher order, session cache and
+    tickets; the same pooled backend as farmgated."""
+    servers = "".join(
+        "server { listen 127.0.0.1:%d ssl; ssl_certificate %s; ssl_certificate_key %s; %s"
+        "keepalive_requests 100000; location / { proxy_pass http://farm; "
+        "proxy_http_version 1.1; proxy_set_header Connection ''; "
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+        "proxy_set_header X-Forwarded-Proto $scheme; } }\n"
+        % (port, cert.chain, cert.key, FRONT_TLS) for port, cert in listeners)
+    return ("upstream farm { server 127.0.0.1:%d; keepalive 64; keepalive_requests 100000; }\n"
+            % be_port) + servers
+
+
+def front_farmgated_conf(be_port, listeners, tokens=None):
+    """farmgated with one HTTPS listener per (port, ssl certificate entry); every request
+    goes to the backend farm (no Host condition: s_time sends none)."""
+    cfg = {"listeners": [{"address": "127.0.0.1", "port": port,
+                          "ssl": {"certificates": [entry], "clientCertificates": "Ignore",
+                                  "sessionTickets": True}}
+                         for port, entry in listeners],
+           "log": {"access": "off"},
+           "webFarms": [{"name": "bench",
+                         "servers": [{"address": "127.0.0.1", "httpPort": be_port}]}],
+           "rules": [{"name": "ARR_bench_loadbalance", "patternSyntax": "Wildcard",
+                      "stopProcessing": True, "match": {"url": "*"},
+                      "action": {"type": "Rewrite", "url": "http://bench/{R:0}"}}]}
+    if tokens:
+        cfg["tokens"] = tokens
+    return cfg
+
+
+def front_token(tmp, ctl_bin, shim, pki):
+    """A SoftHSM token with an RSA-2048 key generated on it (farmgatectl keygen), its CSR
+    signed by the operator PKI as a server certificate for FRONT_NAME and imported beside
+    the key (only the public certificate is on disk). farmgated reaches it through the test
+    shim when that is built (which counts signatures per process), else SoftHSM directly.
+    Returns what the farmgated configuration and the run need."""
+    d = os.path.join(tmp, "front-token")
+    tokens = os.path.join(d, "tokens")
+    stats = os.path.join(d, "stats")
+    for x in (d, tokens, stats):
+        os.makedirs(x, exist_ok=True)
+    conf = os.path.join(d, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n"
+                "slots.removable = false\n" % tokens)
+    control = os.path.join(d, "shim.ctl")
+    with open(control, "w") as f:
+        f.write("sign_delay_ms=0\n")
+    with open(control + ".state", "w") as f:
+        f.write("pin_failures=0\n")
+    env = clean_env({"SOFTHSM2_CONF": conf, "FG_PIN": USER_PIN, "FG_SO_PIN": SO_PIN})
+
+    def ctl(args, token=True):
+        cmd = [ctl_bin, "token"] + args + ["--module", SOFTHSM]
+        if token:
+            cmd += ["--token", "pkcs11:token=" + FRONT_TOKEN_LABEL, "--pin-env", "FG_PIN"]
+        return run_cmd(cmd, env=env, cwd=d)
+
+    out = ctl(["init", "--label", FRONT_TOKEN_LABEL, "--so-pin-env", "FG_SO_PIN",
+               "--pin-env", "FG_PIN"], token=False)
+    if "initialised token" not in out:
+        raise RuntimeError("farmgatectl token init: " + out)
+    ctl(["keygen", "--type", "rsa2048", "--label", FRONT_TOKEN_KEY])
+    csr, crt = os.path.join(d, "front.csr"), os.path.join(d, "front.crt")
+    ctl(["csr", "--key-label", FRONT_TOKEN_KEY, "--subject", "/CN=" + FRONT_NAME, "--out", csr])
+    pki.sign_server_csr(csr, crt, [FRONT_NAME], key_type="rsa2048")
+    ctl(["import-cert", crt, "--label", FRONT_TOKEN_KEY])
+    pin_file = os.path.join(d, "user.pin")
+    fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(USER_PIN + "\n")
+    use_shim = bool(shim and os.path.exists(shim))
+    proc_env = {"SOFTHSM2_CONF": conf}
+    if use_shim:
+        proc_env.update({"FGSHIM_MODULE": SOFTHSM, "FGSHIM_CONTROL": control,
+                         "FGSHIM_STATS": os.path.join(stats, "stats.%p")})
+    return {"cert": crt, "sha1": pem_sha1(crt), "shim": use_shim, "stats": stats,
+            "env": proc_env,
+            "token_cfg": {"name": "front", "module": shim if use_shim else SOFTHSM,
+                          "uri": "pkcs11:token=" + FRONT_TOKEN_LABEL, "pinFile": pin_file}}
+
+
+def shim_signatures(stats_dir, pid):
+    """The shim's signature count in process pid (0 before its first write); the shim
+    rewrites its file at most every 100 ms, so wait until it holds still."""
+    def read():
+        try:
+            with open(os.path.join(stats_dir, "stats.%d" % pid)) as f:
+                m = re.search(r"^signatures=(\d+)", f.read(), re.M)
+                return int(m.group(1)) if m else 0
+        except OSError:
+            return 0
+    last, since, end = read(), time.time(), time.time() + 5
+    while time.time() < end:
+        time.sleep(0.05)
+        n = read()
+        if n != last:
+            last, since = n, time.time()
+        elif time.time() - since >= 0.3:
+            break
+    return last
+
+
+FRONT_SCENARIOS = (  # key, label, key type, s_time mode
+    ("rsa2048-full", "RSA-2048, full handshake", "rsa2048", "new"),
+    ("rsa2048-resumed", "RSA-2048, resumed (TLS 1.3 ticket)", "rsa2048", "reuse"),
+    ("p256-full", "ECDSA P-256, full handshake", "p256", "new"),
+    ("p256-resumed", "ECDSA P-256, resumed (TLS 1.3 ticket)", "p256", "reuse"),
+)
+
+
+def run_front_tls(a, binary, outdir, tmp, procs):
+    """Handshake rates of HTTPS listeners, farmgated vs nginx, same certificates and keys
+    (files), same backend, same client load; then farmgated with the key on a token."""
+    secs, clients = a.front_seconds, a.front_clients
+    t0 = time.time()
+    pki = operator_pki(os.path.join(tmp, "front-pki"))
+    certs = {kt: pki.server_cert("front-" + kt, [FRONT_NAME], key_type=kt)
+             for kt in FRONT_KEY_TYPES}
+    be_port = free_port()
+    ports = {(who, kt): free_port() for who in ("farmgated", "nginx") for kt in FRONT_KEY_TYPES}
+    backend = start_nginx(os.path.join(tmp, "front-backend"),
+                          "server { listen 127.0.0.1:%d; keepalive_requests 100000; "
+                          "location / { return 200 'hello from the bench backend\\n'; } }"
+                          % be_port)
+    procs.append(backend)
+    ngproxy = start_nginx(os.path.join(tmp, "nginx-front"), front_nginx_conf(
+        be_port, [(ports[("nginx", kt)], certs[kt]) for kt in FRONT_KEY_TYPES]))
+    procs.append(ngproxy)
+    cfgpath = os.path.join(tmp, "farmgated-front.json")
+    with open(cfgpath, "w") as f:
+        json.dump(front_farmgated_conf(be_port, [
+            (ports[("farmgated", kt)], {"certificateFile": certs[kt].chain,
+                                        "keyFile": certs[kt].key})
+            for kt in FRONT_KEY_TYPES]), f)
+    fglog = os.path.join(outdir, "farmgated-front.log")
+    fg = subprocess.Popen([binary, "-c", cfgpath], stdout=subprocess.DEVNULL,
+                          stderr=open(fglog, "w"), env=clean_env())
+    procs.append(fg)
+    try:
+        for p in [be_port] + list(ports.values()):
+            wait_port(p, 20)
+    except RuntimeError:
+        if fg.poll() is not None:
+            raise RuntimeError("farmgated exited (status %s) at start with HTTPS listeners: %s"
+                               % (fg.returncode, open(fglog, errors="replace").read()[-600:]))
+        raise
+    pids = {"farmgated": fg.pid, "nginx": nginx_worker(ngproxy.pid)}
+    check = {}
+    for (who, kt), port in sorted(ports.items()):
+        st, body, ver, cipher = https_check(port, pki.root)
+        if st != 200 or "hello from the bench backend" not in body:
+            raise RuntimeError("%s's %s listener: expected 200 from the backend, got %d %r"
+                               % (who, kt, st, body[:200]))
+        check["%s/%s" % (who, kt)] = "%s %s" % (ver, cipher)
+    print("front TLS set-up %.1f s; %s" % (time.time() - t0, ", ".join(
+        "%s: %s" % kv for kv in sorted(check.items()))), flush=True)
+    names = ["farmgated", "nginx"]
+
+    def order(rnd):
+        return names if rnd % 2 == 0 else list(reversed(names))
+
+    def measure(who, pid, port, mode, proc):
+        c0, m0 = cpu_seconds(pid), machine_cpu()
+        r = s_time(port, mode, secs, clients)
+        m1 = machine_cpu()
+        r["cpu_us_per_hs"] = (cpu_seconds(pid) - c0) * 1e6 / max(r["connections"], 1)
+        r["machine_busy_pct"] = 100.0 * (m1[0] - m0[0]) / max(m1[1] - m0[1], 1)
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited (status %s) during the front TLS runs"
+                               % (who, proc.returncode))
+        return r
+
+    procs_of = {"farmgated": fg, "nginx": ngproxy}
+    for who in names:  # warm-up: pools to the backend, caches
+        for kt in FRONT_KEY_TYPES:
+            s_time(ports[(who, kt)], "new", 1, 1)
+    runs = {sc[0]: {n: [] for n in names} for sc in FRONT_SCENARIOS}
+    for rnd in range(a.rounds):
+        for key, label, kt, mode in FRONT_SCENARIOS:
+            for who in order(rnd):
+                r = measure(who, pids[who], ports[(who, kt)], mode, procs_of[who])
+                runs[key][who].append(r)
+                print("front round %d %-16s %-9s %7.0f handshakes/s  cpu %6.0f us/hs  "
+                      "resumed %d/%d  failed clients %d" % (
+                          rnd + 1, key, who, r["rate"], r["cpu_us_per_hs"], r["resumed"],
+                          r["connections"], r["failed_clients"]), flush=True)
+
+    # the key on a token (certificateHash): its own farmgated, so a failure here leaves the
+    # figures above standing; nginx keeps its RSA-2048 key in a file
+    tok = {"runs": {n: [] for n in names}}
+    fg_tok = None
+    try:
+        ctl = os.path.join(os.path.dirname(binary), "farmgatectl")
+        shim = os.path.abspath(os.path.join(a.build, "tests", "libfgshim.so"))
+        if not os.path.exists(shim):
+            subprocess.run(["make", "--no-print-directory", "-C", os.path.dirname(HERE),
+                            "O=" + os.path.abspath(a.build), shim], check=False)
+        lab = front_token(tmp, ctl, shim, pki)
+        tok.update({"sha1": lab["sha1"], "shim": lab["shim"]})
+        tok_port = free_port()
+        tcfg = front_farmgated_conf(be_port, [(tok_port, {
+            "certificateHash": lab["sha1"], "certificateToken": "front", "chainFile": pki.ca})],
+            tokens=[lab["token_cfg"]])
+        tcfgpath = os.path.join(tmp, "farmgated-front-token.json")
+        with open(tcfgpath, "w") as f:
+            json.dump(tcfg, f)
+        toklog = os.path.join(outdir, "farmgated-front-token.log")
+        fg_tok = subprocess.Popen([binary, "-c", tcfgpath], stdout=subprocess.DEVNULL,
+                                  stderr=open(toklog, "w"), env=clean_env(lab["env"]))
+        procs.append(fg_tok)
+        try:
+            wait_port(tok_port, 20)
+        except RuntimeError:
+            raise RuntimeError("farmgated with a token certificate did not start (status %s): %s"
+                               % (fg_tok.poll(), open(toklog, errors="replace").read()[-600:]))
+        st, body, ver, cipher = https_check(tok_port, pki.root)
+        if st != 200:
+            raise RuntimeError("token listener: expected 200, got %d %r" % (st, body[:200]))
+        tok["check"] = "%s %s" % (ver, cipher)
+        s_time(tok_port, "new", 1, 1)
+        tpids = {"farmgated": fg_tok.pid, "nginx": pids["nginx"]}
+        tports = {"farmgated": tok_port, "nginx": ports[("nginx", "rsa2048")]}
+        tprocs = {"farmgated": fg_tok, "nginx": ngproxy}
+        for rnd in range(a.rounds):
+            for who in order(rnd):
+                s0 = shim_signatures(lab["stats"], fg_tok.pid) if who == "farmgated" else 0
+                r = measure(who, tpids[who], tports[who], "new", tprocs[who])
+                if who == "farmgated" and lab["shim"]:
+                    r["signatures"] = shim_signatures(lab["stats"], fg_tok.pid) - s0
+                tok["runs"][who].append(r)
+                print("front round %d %-16s %-9s %7.0f handshakes/s  cpu %6.0f us/hs%s" % (
+                    rnd + 1, "token-full", who, r["rate"], r["cpu_us_per_hs"],
+                    "  signatures %d" % r["signatures"] if "signatures" in r else ""),
+                    flush=True)
+    except Exception as e:  # noqa: the file-key figures still get written
+        traceback.print_exc()
+        tok["error"] = str(e)
+    finally:
+        if fg_tok is not None:
+            stop(fg_tok)
+            procs.remove(fg_tok)
+    stop(fg)
+    procs.remove(fg)
+    for p in (ngproxy, backend):
+        stop(p)
+        procs.remove(p)
+    res = {}
+    for key, label, kt, mode in FRONT_SCENARIOS:
+        res[key] = {n: front_summary(runs[key][n]) for n in names}
+    if tok["runs"]["farmgated"] and tok["runs"]["nginx"] and "error" not in tok:
+        tok["res"] = {n: front_summary(tok["runs"][n]) for n in names}
+        if lab["shim"]:
+            tok["res"]["farmgated"]["signatures_per_hs"] = (
+                sum(x.get("signatures", 0) for x in tok["runs"]["farmgated"]) /
+                max(sum(x["connections"] for x in tok["runs"]["farmgated"]), 1))
+    logs = {"farmgated": log_problems(fglog, r" (error|warning): |Sanitizer|runtime error"),
+            "nginx": log_problems(os.path.join(tmp, "nginx-front", "error.log"),
+                                  r"\[(warn|error|crit|alert|emerg)\]")}
+    return {"res": res, "runs": runs, "token": tok, "check": check, "logs": logs,
+            "seconds": secs, "clients": clients, "fg_exit": fg.returncode,
+            "elapsed_s": round(time.time() - t0, 1),
+            "openssl": run_cmd([OPENSSL, "version"]).strip()}
+
+
+def front_summary(rs):
+    conns = sum(x["connections"] for x in rs)
+    return {"rate": statistics.median(x["rate"] for x in rs),
+            "cpu_us_per_hs": statistics.median(x["cpu_us_per_hs"] for x in rs),
+            "machine_busy_pct": statistics.median(x["machine_busy_pct"] for x in rs),
+            "connections": conns, "resumed": sum(x["resumed"] for x in rs),
+            "resumed_pct": 100.0 * sum(x["resumed"] for x in rs) / max(conns, 1),
+            "failed_clients": sum(x["failed_clients"] for x in rs),
+            "bytes_per_conn": rs[-1]["bytes_per_conn"] if rs else 0,
+            "errors": [e for x in rs for e in x["errors"]][:3]}
+
+
+def front_md(t, a):
+    """The front TLS table for results.md."""
+    L = ["## HTTPS listeners: handshake rates (issue 4)", "",
+         "Same run, same machine. Each connection: a TLS handshake, one `GET /bench HTTP/1.0` "
+         "through the proxy to the same plain-HTTP nginx backend (pooled keep-alive upstream "
+         "connections for both proxies), the response read to the end, close. Client: %d "
+         "`openssl s_time` processes at once (%s; each runs one connection at a time; `-new`: "
+         "a full handshake every time, `-reuse`: every connection resumes the previous one's "
+         "session, with TLS 1.3 that is a ticket, PSK with (EC)DHE), %d s each, %d rounds "
+         "alternating farmgated and nginx, medians. TLS 1.3 is negotiated (X25519). Both "
+         "proxies have the same certificate files (certificate + issuing CA, key in a file, "
+         "90-day certificates from a test PKI made for the run), one worker, ECDHE AEAD "
+         "ciphers with server order, tickets and a session cache. handshakes/s is the sum "
+         "over the clients of connections / wall time; proxy CPU is the proxy process's "
+         "utime+stime per handshake. The clients' own TLS work shares the %d cores with the "
+         "proxy and the backend, so handshakes/s is this machine's; CPU per handshake and "
+         "the ratios are the comparable figures."
+         % (t["clients"], t["openssl"], t["seconds"], a.rounds, os.cpu_count()), "",
+         "| scenario | farmgated handshakes/s | nginx handshakes/s | farmgated/nginx | "
+         "farmgated CPU per handshake (us) | nginx CPU per handshake (us) | "
+         "CPU farmgated/nginx | resumed (farmgated / nginx) | failed clients |",
+         "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(label, f, n, resumed=True):
+        return "| %s | %.0f | %.0f | %s | %.0f | %.0f | %s | %s | %d / %d |" % (
+            label, f["rate"], n["rate"], fmt_ratio(ratio_of(f["rate"], n["rate"])),
+            f["cpu_us_per_hs"], n["cpu_us_per_hs"],
+            fmt_ratio(ratio_of(f["cpu_us_per_hs"], n["cpu_us_per_hs"])),
+            "%.0f%% / %.0f%%" % (f["resumed_pct"], n["resumed_pct"]) if resumed else "",
+            f["failed_clients"], n["failed_clients"])
+
+    for key, label, kt, mode in FRONT_SCENARIOS:
+        L.append(row(label, t["res"][key]["farmgated"], t["res"][key]["nginx"]))
+    tok = t["token"]
+    if "res" in tok:
+        L.append(row("RSA-2048, full handshake, **farmgated: key on a SoftHSM token** "
+                     "(certificateHash) vs **nginx: key in a file**", tok["res"]["farmgated"],
+                     tok["res"]["nginx"], resumed=False))
+    L += ["", "Every connection got the backend's whole response through both proxies: s_time "
+          "read %s bytes per connection from farmgated and %s from nginx (status line, "
+          "headers and the 29-byte body; the proxies' headers differ), and before the runs one "
+          "verified HTTPS GET per listener returned 200 with the backend's body (%s). s_time "
+          "runs -time N until the wall clock passes a whole second, so one run lasts N to N+1 s."
+          % ("/".join(str(t["res"][sc[0]]["farmgated"]["bytes_per_conn"])
+                      for sc in FRONT_SCENARIOS),
+             "/".join(str(t["res"][sc[0]]["nginx"]["bytes_per_conn"]) for sc in FRONT_SCENARIOS),
+             "; ".join("%s %s" % kv for kv in sorted(t["check"].items())))]
+    if "res" in tok:
+        f = tok["res"]["farmgated"]
+        sig = ("; the shim counted %.2f token signatures per handshake"
+               % f["signatures_per_hs"]) if "signatures_per_hs" in f else ""
+        L += ["", "Token row: farmgated's server key was generated on a SoftHSM token "
+              "(farmgatectl keygen, certificate SHA-1 %s imported beside it); every full "
+              "handshake signs on the token (RSA-PSS, on farmgated's signer thread; SoftHSM "
+              "runs in farmgated's process, so its CPU is in farmgated's column)%s. nginx's "
+              "figure is the same RSA-2048 file-key listener as the first row, measured "
+              "again alternating with the token runs." % (tok.get("sha1"), sig)]
+    elif tok.get("error"):
+        L += ["", "Token row: FAILED, no figures: %s" % tok["error"].replace("\n", " ")[:600]]
+    L += ["", "(this section took %.0f s)" % t["elapsed_s"], ""]
+    errs = [(k, w, e) for k in t["res"] for w in t["res"][k] for e in t["res"][k][w]["errors"]]
+    if errs:
+        L.append("s_time clients that stopped on a failed connection, e.g.:")
+        L.append("")
+        L += ["    %s %s: %s" % (k, w, e[:300]) for k, w, e in errs[:4]]
+        L.append("")
+    for who in ("farmgated", "nginx"):
+        lines = t["logs"][who]
+        if lines:
+            L.append("%s logged %d warning/error line%s during the front TLS runs, e.g.:" % (
+                who, len(lines), "" if len(lines) == 1 else "s"))
+            L.append("")
+            L += ["    " + l[:300] for l in lines[:5]]
+            L.append("")
+    return L
+
+
 def run_plain(a, binary, outdir, tmp, procs):
     """The plain-HTTP scenario (unchanged since issue 1): returns its results and its table."""
     host = "bench.local"
@@ -950,7 +1395,14 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--skip-plain", action="store_true",
                     help="only the token scenarios (results.md then lacks the first table)")
-    ap.add_argument("--skip-token", action="store_true", help="only the plain-HTTP scenario")
+    ap.add_argument("--skip-token", action="store_true", help="without the token scenarios")
+    ap.add_argument("--skip-front-tls", action="store_true",
+                    help="without the HTTPS listeners' handshake rates")
+    ap.add_argument("--front-seconds", type=int,
+                    default=int(os.environ.get("BENCH_FRONT_SECONDS", 2)),
+                    help="length of each s_time run of the HTTPS listener scenarios")
+    ap.add_argument("--front-clients", type=int, default=2,
+                    help="concurrent openssl s_time processes in those runs")
     a = ap.parse_args()
     # a SIGTERM still stops the proxies and backends (the finally below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1005,6 +1457,20 @@ def main():
                           "FAILED, no figures: %s" % str(e).replace("\n", " "), ""]
                 traceback.print_exc()
                 print("token scenarios failed: %s" % e, file=sys.stderr, flush=True)
+        if not a.skip_front_tls:
+            try:
+                ft = run_front_tls(a, binary, outdir, tmp, procs)
+                out["front_tls"] = ft
+                lines += front_md(ft, a)
+                if ft["token"].get("error"):
+                    rc = 1
+            except Exception as e:  # the results above still get written
+                rc = 1
+                out["front_tls"] = {"error": str(e)}
+                lines += ["## HTTPS listeners: handshake rates (issue 4)", "",
+                          "FAILED, no figures: %s" % str(e).replace("\n", " "), ""]
+                traceback.print_exc()
+                print("front TLS scenarios failed: %s" % e, file=sys.stderr, flush=True)
         meta["elapsed_s"] = round(time.time() - t_start, 1)
         lines.append("(make bench took %.0f s)" % meta["elapsed_s"])
         lines.append("")

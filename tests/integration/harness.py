@@ -26,15 +26,26 @@ Building blocks:
 * :func:`free_port`, :func:`wait_port`, :func:`wait_for`
 * :class:`Farmgated` -- runs ``farmgated -c <file>`` from a config dict;
   ``.port``, ``.pid``, ``.log_text()``, ``.wait_log()``, ``.reload()``,
-  ``.rss_kb()``, ``.stop()``; checks ASan/UBSan reports on exit.
+  ``.rss_kb()``, ``.stop()``; checks ASan/UBSan reports on exit. Every one
+  gets its own control socket in the test's temp dir (``control.socket``
+  unless the config sets it): ``.control_socket``, ``.control(obj)`` (one
+  JSON request, the parsed answer), ``.ctl(*args)`` (build/farmgatectl with
+  ``--socket``), ``.status()``, ``.server_status()``, ``.wait_server()``.
+* :func:`control_request`, :func:`control_raw` -- the control socket protocol
+  (docs/control.md) on any socket path.
 * config helpers -- :func:`make_config`, :func:`farm`, :func:`server`,
   :func:`arr_lb_rule`, :func:`rule`, :func:`one_farm_config`.
 * :class:`RecordingBackend` with :class:`Reply` -- a backend that records the
   exact bytes of every request head and body and answers as told (status,
   headers, body, chunked, delays, close/reset mid-body, black hole, 101 +
-  WebSocket echo, raw bytes).
+  WebSocket echo, raw bytes); ``.route(path, reply)`` answers one path
+  differently (e.g. a health URL), ``.restart()`` on the same port,
+  ``.connection_gone(conn_id)`` tells whether the peer closed a connection.
 * :class:`NginxBackend` -- Debian's nginx on a free port (modes ``echo``,
-  ``static`` with an optional sparse big file, or your own ``server{}`` body).
+  ``static`` with an optional sparse big file, or your own ``server{}`` body);
+  ``health_path=`` adds a health URL whose answer ``.set_health()`` changes;
+  ``.stop()`` / ``.restart()`` (same port), ``.freeze()`` / ``.thaw()``
+  (SIGSTOP / SIGCONT of master and workers).
 * :class:`RawClient`, :func:`raw_request`, :func:`http_request`,
   :func:`parse_response`, :func:`parse_responses` -- a raw socket client that
   sends exactly the bytes you give it, and a small HTTP/1.x response parser.
@@ -64,6 +75,7 @@ __all__ = [
     "RawClient", "ConnectionClosed", "IncompleteResponse", "HttpResponse",
     "parse_response", "parse_responses", "raw_request", "http_request", "curl",
     "wrk", "RssSampler", "SANITIZER_MARKERS", "NGINX", "CURL", "WRK",
+    "control_request", "control_raw", "ControlError",
 ]
 
 NGINX = "/usr/sbin/nginx"
@@ -271,6 +283,56 @@ class Env:
         os.chmod(d, 0o755)
         return d
 
+    def sock_path(self, name):
+        """A path for a unix socket called name: inside tmp when short enough
+        for sun_path (108 bytes), else in a short directory under /tmp that
+        is removed at close()."""
+        p = self.path(name)
+        if len(p.encode()) <= 100:
+            return p
+        if getattr(self, "_short_dir", None) is None:
+            import shutil
+            import tempfile
+            d = tempfile.mkdtemp(prefix="fgc-")
+            os.chmod(d, 0o755)
+            self._short_dir = d
+            self.on_cleanup(lambda: shutil.rmtree(d, ignore_errors=True))
+        return os.path.join(self._short_dir, name)
+
+    @property
+    def ctl_bin(self):
+        """farmgatectl of the build under test (beside farmgated)."""
+        for p in (os.path.join(os.path.dirname(self.bin), "farmgatectl"),
+                  os.path.join(self.build, "farmgatectl")):
+            if os.access(p, os.X_OK):
+                return p
+        raise AssertionError("farmgatectl is missing beside %s (run make all)" % self.bin)
+
+    def ctl(self, *args, socket_path=None, timeout=20, user=None):
+        """Runs farmgatectl args (+ --socket socket_path when given) to
+        completion; user="nobody" runs it as uid/gid 65534 (setpriv).
+        Returns CompletedProcess with text stdout/stderr and .output (both).
+        Fails on a sanitizer report or a timeout."""
+        cmd = [self.ctl_bin] + [str(a) for a in args]
+        if socket_path is not None:
+            cmd += ["--socket", socket_path]
+        if user is not None:
+            assert user == "nobody", user
+            cmd = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
+        try:
+            p = subprocess.run(cmd, capture_output=True, timeout=timeout * self.slow,
+                               env=self.proc_env, cwd="/")
+        except subprocess.TimeoutExpired:
+            raise AssertionError("%s did not exit within %ss" % (" ".join(cmd), timeout * self.slow))
+        p.stdout = p.stdout.decode("utf-8", "replace")
+        p.stderr = p.stderr.decode("utf-8", "replace")
+        p.output = p.stdout + p.stderr
+        p.cmd = " ".join(cmd)
+        rep = sanitizer_report(p.output)
+        if rep:
+            raise SanitizerError("sanitizer report from `%s`:\n%s" % (" ".join(cmd), rep))
+        return p
+
     def write_json(self, name, obj):
         p = self.path(name)
         with open(p, "w") as f:
@@ -392,6 +454,8 @@ class Farmgated:
         self.proc = None
         self.ports = []
         self._stopped = False
+        self._default_control = env.sock_path(self.name + ".sock")
+        self.control_socket = None
         env.farmgateds.append(self)
 
     # -- lifecycle --------------------------------------------------------
@@ -401,6 +465,13 @@ class Farmgated:
             if l.get("port") is None:
                 l["port"] = keep[i] if keep and i < len(keep) else free_port()
             l.setdefault("address", "127.0.0.1")
+        # a control socket of its own unless the test's config names one
+        if "control" not in cfg:
+            cfg["control"] = {}
+        ctl = cfg["control"]
+        if isinstance(ctl, dict):
+            ctl.setdefault("socket", self._default_control)
+            self.control_socket = ctl["socket"] or None
         return cfg
 
     def _write_config(self, cfg):
@@ -436,6 +507,13 @@ class Farmgated:
                     break
             if ok:
                 self.config = cfg
+                # the control socket is bound right after the listeners: give it a moment
+                # (no failure here: a daemon may run without one)
+                if self.control_socket:
+                    end = time.monotonic() + 2.0 * self.env.slow
+                    while not os.path.exists(self.control_socket) and time.monotonic() < end \
+                            and self.proc.poll() is None:
+                        time.sleep(0.01)
                 return self
             alive = self.proc.poll() is None
             if alive:
@@ -594,6 +672,72 @@ class Farmgated:
             self.config = new_config
         return ok, line
 
+    # -- control socket (docs/control.md) ----------------------------------
+    def control(self, obj, timeout=10.0):
+        """Sends one request (a dict, or str/bytes sent as they are plus a
+        newline) over the control socket; returns the parsed JSON answer."""
+        assert self.control_socket, "this farmgated has no control socket"
+        return control_request(self.control_socket, obj, timeout=timeout * self.env.slow)
+
+    def control_ok(self, obj, timeout=10.0):
+        """control(obj) that must answer "ok": true; returns the answer."""
+        ans = self.control(obj, timeout)
+        if ans.get("ok") is not True:
+            raise ControlError("control request %s was refused: %s" % (json.dumps(obj), json.dumps(ans)))
+        return ans
+
+    def ctl(self, *args, timeout=20, user=None):
+        """env.ctl(*args) with --socket <this daemon's control socket>."""
+        assert self.control_socket, "this farmgated has no control socket"
+        return self.env.ctl(*args, socket_path=self.control_socket, timeout=timeout, user=user)
+
+    def status(self, farm=None):
+        """The "farms" list of a status request (all farms, or just farm)."""
+        req = {"op": "status"}
+        if farm is not None:
+            req["farm"] = farm
+        ans = self.control_ok(req)
+        farms = ans.get("farms")
+        if not isinstance(farms, list):
+            raise ControlError("status answer without a farms list: %s" % json.dumps(ans))
+        return farms
+
+    def farm_status(self, farm):
+        """The status dict of farm (by name, case-insensitive)."""
+        for f in self.status(farm):
+            if str(f.get("name", "")).lower() == farm.lower():
+                return f
+        raise ControlError("farm %s is not in the status answer" % farm)
+
+    def server_status(self, farm, server):
+        """The status dict of server ("address:httpPort", or a port number
+        meaning 127.0.0.1:<port>) of farm."""
+        name = "127.0.0.1:%d" % server if isinstance(server, int) else server
+        f = self.farm_status(farm)
+        for s in f.get("servers") or []:
+            if s.get("server") == name:
+                return s
+        raise ControlError("server %s is not in farm %s's status: %s" % (
+            name, farm, [s.get("server") for s in f.get("servers") or []]))
+
+    def wait_server(self, farm, server, pred, timeout=10.0, msg=None, interval=0.05):
+        """Polls server_status until pred(status dict) is true; returns the
+        status dict and the seconds it took. timeout is multiplied by
+        env.slow."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout * self.env.slow
+        last = None
+        while True:
+            last = self.server_status(farm, server)
+            if pred(last):
+                return last, time.monotonic() - t0
+            if time.monotonic() >= deadline:
+                raise AssertionError("timed out after %.1fs waiting for %s of farm %s; last status: %s" % (
+                    timeout * self.env.slow, msg or "a condition on server %s" % server, farm, json.dumps(last)))
+            if not self.alive():
+                self.assert_alive()
+            time.sleep(interval)
+
     def rss_kb(self):
         """VmRSS of the process in kB."""
         with open("/proc/%d/status" % self.proc.pid) as f:
@@ -604,6 +748,67 @@ class Farmgated:
 
     def open_fds(self):
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+
+class ControlError(AssertionError):
+    """The control socket refused a request or answered something unexpected."""
+
+
+def control_raw(path, data, timeout=10.0, half_close=False):
+    """Connects to the unix socket path, sends data (bytes) and returns every
+    byte received until the daemon closes (TimeoutError if it does not close
+    within timeout). half_close: shut down the write side after sending."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        s.connect(path)
+        if data:
+            s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("control socket %s: no end of answer within %.1fs (have %r)"
+                                   % (path, timeout, bytes(out[:300])))
+            r, _, _ = select.select([s], [], [], left)
+            if not r:
+                continue
+            try:
+                d = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not d:
+                break
+            out += d
+    finally:
+        s.close()
+    return bytes(out)
+
+
+def control_request(path, obj, timeout=10.0):
+    """One control request (docs/control.md): obj (dict, or str/bytes sent as
+    given) on one line; returns the answer parsed as JSON (AssertionError when
+    it is not one JSON object)."""
+    if isinstance(obj, dict):
+        data = json.dumps(obj).encode()
+    elif isinstance(obj, str):
+        data = obj.encode()
+    else:
+        data = bytes(obj)
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    raw = control_raw(path, data, timeout)
+    try:
+        ans = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ControlError("control socket %s answered %r to %r: not one JSON object"
+                           % (path, raw[:500], data[:200]))
+    if not isinstance(ans, dict):
+        raise ControlError("control socket %s answered %r: not a JSON object" % (path, raw[:500]))
+    return ans
 
 
 class RssSampler:
@@ -1341,6 +1546,8 @@ class RecordingBackend:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._socks = set()
+        self._by_id = {}
+        self.routes = {}
         self._threads = []
         self._lsock = None
         self.port = None
@@ -1392,6 +1599,53 @@ class RecordingBackend:
         with self._lock:
             del self.requests[:]
 
+    def route(self, path, reply):
+        """Answers requests whose path (target without the query) is path
+        with reply (a Reply or a callable like handler) instead of the
+        handler; reply None removes the route."""
+        if reply is None:
+            self.routes.pop(path, None)
+        else:
+            self.routes[path] = reply
+
+    def requests_to(self, path):
+        """Recorded requests whose path (without the query) is path."""
+        return [r for r in list(self.requests) if r.target.split("?", 1)[0] == path]
+
+    def requests_not_to(self, path):
+        """Recorded requests whose path (without the query) is not path."""
+        return [r for r in list(self.requests) if r.target.split("?", 1)[0] != path]
+
+    def restart(self):
+        """Stops (if running) and listens again on the same port; recorded
+        requests are kept."""
+        self.stop()
+        self._stop = threading.Event()  # connections of the old run keep the old (set) one
+        self.requested_port = self.port
+        last = None
+        for _ in range(50):
+            try:
+                return self.start()
+            except OSError as e:
+                last = e
+                time.sleep(0.1)
+        raise AssertionError("backend %s could not listen on port %d again: %s" % (self.name, self.port, last))
+
+    def connection_gone(self, conn_id):
+        """True when the peer (farmgated) closed or reset connection conn_id,
+        or this backend has closed it; False while it is open and idle."""
+        with self._lock:
+            c = self._by_id.get(conn_id)
+        if c is None:
+            return True
+        try:
+            d = c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        return d == b""
+
     @property
     def count(self):
         return len(self.requests)
@@ -1417,6 +1671,7 @@ class RecordingBackend:
                 self.open_connections += 1
                 conn_id = self.connections
                 self._socks.add(c)
+                self._by_id[conn_id] = c
             t = threading.Thread(target=self._serve, args=(c, addr, conn_id),
                                  name="be-%s-%d" % (self.name, conn_id), daemon=True)
             t.start()
@@ -1434,7 +1689,7 @@ class RecordingBackend:
                 req = self._read_request(rd, c, addr, conn_id)
                 if req is None:
                     break
-                h = self.handler
+                h = self.routes.get(req.target.split("?", 1)[0], self.handler) if self.routes else self.handler
                 if h is None:
                     reply = self._default_reply(req)
                 elif isinstance(h, Reply):
@@ -1673,13 +1928,21 @@ class NginxBackend:
     http_extra is added inside ``http {}`` (e.g. more server blocks); in it
     and in server_body, @PORT@ is replaced by the chosen port.
 
+    health_path (e.g. "/health") adds ``location = <path> { return
+    <health_status> "<health_body>"; }`` before the mode's locations;
+    .set_health(status, body) changes that answer (nginx reload, waits until
+    it is in effect).
+
     Attributes: .port, .pid, .name, .prefix, .html, .big_path,
     .access_lines() (format: ``<client ip>:<port> conn=<n> reqs=<n>
     "<request line>" <status> <bytes sent> req_len=<n>``), .error_log().
+    .pids() (master and workers), .freeze() / .thaw() (SIGSTOP / SIGCONT
+    of all of them), .stop() then .restart() (same port).
     """
 
     def __init__(self, env, mode="echo", name="nginx", big_file=0, server_body=None,
-                 http_extra="", keepalive_requests=1000, keepalive_timeout="75s"):
+                 http_extra="", keepalive_requests=1000, keepalive_timeout="75s",
+                 health_path=None, health_status=200, health_body="OK"):
         self.env = env
         self.mode = mode
         self.name = name
@@ -1694,8 +1957,22 @@ class NginxBackend:
         self.proc = None
         self.port = None
         self._stopped = False
+        self.health_path = health_path
+        self.health_status = health_status
+        self.health_body = health_body
+        self.frozen = False
+
+    def _health_location(self):
+        if not self.health_path:
+            return ""
+        body = self.health_body.replace("\\", "\\\\").replace('"', '\\"')
+        return ('location = %s {\n default_type text/plain;\n add_header X-Server "%s" always;\n'
+                ' return %d "%s";\n}\n' % (self.health_path, self.name, self.health_status, body))
 
     def _server_body(self):
+        return self._health_location() + self._mode_body()
+
+    def _mode_body(self):
         if self.mode == "echo":
             return ('location / {\n default_type text/plain;\n add_header X-Server "%s" always;\n'
                     ' return 200 "server=%s host=$host uri=$request_uri xff=$http_x_forwarded_for '
@@ -1780,6 +2057,76 @@ http {{
     def pid(self):
         return self.proc.pid
 
+    def pids(self):
+        """The master's PID and its children's (the workers)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid] + _children_of(self.proc.pid)
+
+    def freeze(self):
+        """SIGSTOP to the master and every worker: connections are accepted
+        by the kernel but nothing answers."""
+        self.frozen = True
+        for p in self.pids():
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+
+    def thaw(self):
+        """SIGCONT to the master and every worker."""
+        for p in self.pids():
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.frozen = False
+
+    def restart(self, timeout=10.0):
+        """Starts nginx again on the same port after stop()."""
+        assert self.proc is None or self.proc.poll() is not None, "nginx %s is still running" % self.name
+        self._stopped = False
+        last = ""
+        deadline = time.monotonic() + timeout
+        while True:
+            conf = self._write_conf()
+            errlog = os.path.join(self.prefix, "error.log")
+            out = open(os.path.join(self.prefix, "stderr.log"), "ab")
+            try:
+                self.proc = subprocess.Popen([NGINX, "-p", self.prefix + "/", "-c", conf, "-e", errlog],
+                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            finally:
+                out.close()
+            if wait_port(self.port, timeout=max(0.5, deadline - time.monotonic()),
+                         alive=lambda: self.proc.poll() is None):
+                return self
+            last = self.error_log()[-2000:]
+            _stop_popen(self.proc, timeout=3, kill_children=True)
+            if time.monotonic() >= deadline:
+                raise AssertionError("nginx %s did not restart on port %d:\n%s" % (self.name, self.port, last))
+            time.sleep(0.2)
+
+    def set_health(self, status, body=None, timeout=10.0):
+        """Makes health_path answer status (and body, when given): rewrites
+        nginx.conf, reloads nginx (SIGHUP) and waits until a direct request
+        gets the new answer."""
+        assert self.health_path, "nginx %s was started without health_path" % self.name
+        self.health_status = int(status)
+        if body is not None:
+            self.health_body = body
+        self._write_conf()
+        os.kill(self.proc.pid, signal.SIGHUP)
+        want_body = self.health_body.encode()
+
+        def in_effect():
+            try:
+                r = http_request(self.port, "GET", self.health_path, host="localhost", timeout=2)
+            except (OSError, AssertionError):
+                return False
+            return r.status == self.health_status and (r.status == 204 or r.body == want_body)
+        wait_for(in_effect, timeout, interval=0.05,
+                 msg="nginx %s to answer %d on %s" % (self.name, self.health_status, self.health_path))
+
     def error_log(self):
         return _read_text(os.path.join(self.prefix, "error.log"))
 
@@ -1790,6 +2137,8 @@ http {{
         if self._stopped or self.proc is None:
             return
         self._stopped = True
+        if self.frozen:
+            self.thaw()
         _stop_popen(self.proc, timeout=10, kill_children=True)
 
 

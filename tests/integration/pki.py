@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 
 import harness
 from harness import NginxBackend, SanitizerError
@@ -410,6 +411,20 @@ class SoftToken:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, self.control)
+
+    def settled_stats(self, pid, quiet=0.4, timeout=5.0):
+        """The shim's stats once the file has not changed for `quiet` seconds (it is written at
+        most every 100 ms while counters change)."""
+        deadline = time.monotonic() + timeout
+        last, since = self.stats(pid), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            st = self.stats(pid)
+            if st != last:
+                last, since = st, time.monotonic()
+            elif time.monotonic() - since >= quiet and st:
+                return st
+        return last
 
     def stats(self, pid):
         """The shim's counters in farmgated pid ({} before the first write)."""

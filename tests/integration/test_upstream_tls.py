@@ -104,21 +104,6 @@ def wait_stats(tok, pid, key, pred, timeout=3.0):
         time.sleep(0.05)
 
 
-def settled_stats(tok, pid, quiet=0.4, timeout=5.0):
-    """The shim's stats once the file has not changed for `quiet` seconds (it is written at
-    most every 100 ms while counters change)."""
-    deadline = time.monotonic() + timeout
-    last, since = tok.stats(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        st = tok.stats(pid)
-        if st != last:
-            last, since = st, time.monotonic()
-        elif time.monotonic() - since >= quiet and st:
-            return st
-    return last
-
-
 def identity(env, key_type="rsa2048", cn="arr-appliance"):
     """CA + token + client certificate (key generated on the token). Returns (ca, tok, cert)."""
     ca = Pki(env, "ca")
@@ -402,7 +387,7 @@ def test_resumption_and_pooling_few_signatures(env):
     n = toks["token1"]
     assert 1 <= n <= 2, "30 requests over 30 resumable TLS connections cost %d token signatures (want <= 2)" % n
     assert farms.get(FARM) == n, "farm %s counted %s signatures, the token %d" % (FARM, farms.get(FARM), n)
-    real = settled_stats(tok, pid).get("signatures")
+    real = tok.settled_stats(pid).get("signatures")
     assert real == n, "the module made %s signatures, farmgated reported %d" % (real, n)
 
     # (b) keep-alive backend: after warm-up, zero signatures per request
@@ -418,7 +403,7 @@ def test_resumption_and_pooling_few_signatures(env):
             r = c.read_response()
             e = assert_mapped(r, "appliance", "keep-alive request %d" % i)
             conns.add(e.get("conn"))
-    after = settled_stats(tok, pid)["signatures"]
+    after = tok.settled_stats(pid)["signatures"]
     assert after == warm, "200 warm requests made %d token signatures (want 0)" % (after - warm)
     assert len(conns) == 1, "200 sequential requests used %d backend connections, not one pooled: %s" % (
         len(conns), sorted(conns))
@@ -545,7 +530,7 @@ def test_token_removal_and_return(env):
         old_conns.add(assert_mapped(get(fg, "pooled"), "appliance", "pooled farm before the removal")["conn"])
         e = assert_mapped(get(fg, "fresh"), "appliance", "fresh farm before the removal")
         assert e.get("reused") == ".", "the 'fresh' backend must force full handshakes: %s" % e
-    base = settled_stats(tok, pid)
+    base = tok.settled_stats(pid)
     assert base.get("login_calls") == 1, "one login at start expected, the shim counted %s" % base
     assert _upstream_conns(pid, pooled.port) >= 1, "farmgated keeps no pooled connection to the keep-alive backend"
 
@@ -578,7 +563,7 @@ def test_token_removal_and_return(env):
     assert_mapped(get(fg, "fresh"), "appliance", "fresh farm after the return")
     fg.wait_log(r"token token1 is back", timeout=2, since=mark)
     time.sleep(1.5)  # a second probe would show a stray login
-    st = settled_stats(tok, pid)
+    st = tok.settled_stats(pid)
     assert st.get("login_calls") == base["login_calls"] + 1, \
         "the recovery must log in exactly once: login_calls %d before, %s after" % (base["login_calls"], st)
     assert st.get("signatures", 0) > base.get("signatures", 0), \
@@ -695,7 +680,7 @@ def test_slow_token_does_not_stall_the_loop(env):
         b.request("GET", "/warm", host="farm-b")
         assert_mapped(b.read_response(), "appliance", "farm B warm-up")
     tok.set_control("sign_delay_ms=200\n")
-    sig0 = settled_stats(tok, pid).get("signatures", 0)
+    sig0 = tok.settled_stats(pid).get("signatures", 0)
 
     duration = 5.0
     stop_at = time.monotonic() + duration
@@ -749,7 +734,7 @@ def test_slow_token_does_not_stall_the_loop(env):
     assert fastest >= 0.2, "a farm A request took %.0f ms: its handshake cannot have waited for the 200 ms token" % (
         fastest * 1000)
     assert all(parse_echo(body).get("reused") == "." for _, body in ok), "farm A's backend must force full handshakes"
-    made = settled_stats(tok, pid).get("signatures", 0) - sig0
+    made = tok.settled_stats(pid).get("signatures", 0) - sig0
     assert made >= len(ok), "%d farm A handshakes but only %d token signatures" % (len(ok), made)
     lat_a = sorted(dt for dt, _ in ok)
     print("farm A: %d ok, median %.0f ms; farm B: %d requests, p99 %.2f ms" % (
