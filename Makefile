@@ -39,6 +39,10 @@ FW_OBJS := $(FW_SRCS:%.c=$(O)/obj/%.o)
 HSM_SRCS := $(sort $(filter-out hsm/farmgatectl.c,$(wildcard hsm/*.c)))
 HSM_OBJS := $(HSM_SRCS:%.c=$(O)/obj/%.o)
 LIB_OBJS := $(filter-out $(O)/obj/firmware/main.o,$(FW_OBJS)) $(HSM_OBJS)
+# farmgate-mgmt: the management plane (its own process), with the web UI embedded
+MGMT_SRCS := $(sort $(wildcard firmware/mgmt/*.c))
+MGMT_OBJS := $(MGMT_SRCS:%.c=$(O)/obj/%.o) $(O)/obj/gen/ui_assets.o
+UI_FILES := $(sort $(wildcard web-ui/*))
 SHIM := $(O)/tests/libfgshim.so
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
@@ -123,7 +127,7 @@ savedefconfig: $(KCONFIG_CONFIG)
 	@echo "wrote board/$(BOARD)/defconfig"
 
 # ---- build --------------------------------------------------------------
-all: $(O)/farmgated $(O)/farmgatectl
+all: $(O)/farmgated $(O)/farmgatectl $(O)/farmgate-mgmt
 
 $(O)/farmgated: $(FW_OBJS) $(HSM_OBJS)
 	@echo "  LD      $@"
@@ -133,6 +137,24 @@ $(O)/farmgatectl: $(O)/obj/hsm/farmgatectl.o $(HSM_OBJS) $(O)/obj/firmware/log.o
 		$(O)/obj/firmware/ctlclient.o $(O)/obj/firmware/json.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
+
+$(O)/farmgate-mgmt: $(MGMT_OBJS) $(LIB_OBJS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(OPT) -o $@ $^ $(LDLIBS)
+
+# the web UI as C arrays (tools/embed_assets.py), rebuilt when a file changes
+$(O)/gen/ui_assets.c $(O)/gen/ui_assets.h: tools/embed_assets.py $(UI_FILES)
+	@mkdir -p $(O)/gen
+	@echo "  EMBED   web-ui"
+	$(Q)$(PY) tools/embed_assets.py $(O)/gen/ui_assets.c $(UI_FILES)
+
+$(O)/obj/gen/ui_assets.o: $(O)/gen/ui_assets.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -I$(O)/gen -c -o $@ $<
+
+$(MGMT_SRCS:%.c=$(O)/obj/%.o): $(O)/gen/ui_assets.h
+$(MGMT_SRCS:%.c=$(O)/obj/%.o): CPPFLAGS += -I$(O)/gen -Ifirmware/mgmt
 
 # The test PKCS#11 module that wraps SoftHSM (delays, faults, PIN lockout).
 $(SHIM): tests/pkcs11-shim/shim.c
@@ -162,7 +184,7 @@ $(O)/tests/tools/%: $(O)/obj/tests/tools/%.o
 asan: $(AUTOCONF)
 	$(Q)$(MAKE) --no-print-directory O=$(O)/asan SANITIZE=1 KCONFIG_CONFIG=$(abspath $(KCONFIG_CONFIG)) all unit
 
--include $(FW_OBJS:.o=.d) $(HSM_OBJS:.o=.d) $(O)/obj/hsm/farmgatectl.d \
+-include $(FW_OBJS:.o=.d) $(HSM_OBJS:.o=.d) $(O)/obj/hsm/farmgatectl.d $(MGMT_SRCS:%.c=$(O)/obj/%.d) \
 	$(O)/obj/firmware/ctlclient.d $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
 
 # ---- run and test -------------------------------------------------------
@@ -184,7 +206,7 @@ bench: deps all
 	$(Q)$(PY) tests/bench.py --build $(O)
 
 # ---- hygiene ------------------------------------------------------------
-LINT_SRCS = $(wildcard firmware/*.c firmware/*.h hsm/*.c hsm/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c \
+LINT_SRCS = $(wildcard firmware/*.c firmware/*.h firmware/mgmt/*.c firmware/mgmt/*.h hsm/*.c hsm/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c \
 	tests/pkcs11-shim/*.c)
 
 lint: $(AUTOCONF)

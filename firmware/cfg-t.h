@@ -234,8 +234,15 @@ struct config {
 	unsigned int nrules;
 	struct token_cfg *tokens;
 	unsigned int ntokens;
-	char *control_socket; /* default /run/farmgated.sock; NULL when "" */
-	int tls_prepared;     /* tls_prepare() ran: farm->tls set where needed */
+	char *control_socket;	 /* default /run/farmgated.sock; NULL when "" */
+	struct {		 /* farmgate-mgmt's listener (farmgated only checks it) */
+		char *address;	 /* default "0.0.0.0" */
+		uint16_t port;	 /* default 8443 */
+		char *cert_file; /* NULL: generated in the data directory */
+		char *key_file;
+		int configured; /* the section is present: ports are checked */
+	} mgmt;
+	int tls_prepared; /* tls_prepare() ran: farm->tls set where needed */
 };
 
 #endif

@@ -175,7 +175,8 @@ static int is_token(const char *s)
 /* A farm name is the host part of a rewrite URL ("http://<farm>/..."). */
 static int is_farm_name(const char *s)
 {
-	if (*s == '\0')
+	/* "." and ".." cannot be a URL path segment (/api/v1/farms/..) */
+	if (*s == '\0' || !strcmp(s, ".") || !strcmp(s, ".."))
 		return 0;
 	for (; *s; s++) {
 		unsigned char ch = (unsigned char)*s;
@@ -1385,6 +1386,24 @@ static const struct field control_fields[] = {
 	{NULL},
 };
 
+static const struct field mgmt_fields[] = {
+	{"address", set_listen_addr, offsetof(struct config, mgmt.address)},
+	{"port", set_u16, offsetof(struct config, mgmt.port), 1, 65535},
+	{"certificateFile", set_nonempty_str, offsetof(struct config, mgmt.cert_file)},
+	{"keyFile", set_nonempty_str, offsetof(struct config, mgmt.key_file)},
+	{NULL},
+};
+
+static int set_mgmt(struct cfg_ctx *c, const struct json_value *v, void *base,
+		    const struct field *f)
+{
+	struct config *cfg = base;
+
+	(void)f;
+	cfg->mgmt.configured = 1;
+	return parse_fields(c, v, mgmt_fields, base);
+}
+
 static const struct field top_fields[] = {
 	{"tokens", set_tokens, 0},
 	{"listeners", set_listeners, 0},
@@ -1394,6 +1413,7 @@ static const struct field top_fields[] = {
 	{"webFarms", set_farms, 0},
 	{"rules", set_rules, 0},
 	{"control", set_object, 0, 0, 0, control_fields},
+	{"management", set_mgmt, 0},
 	{NULL},
 };
 
@@ -1455,6 +1475,43 @@ static int check_identities(struct cfg_ctx *c, struct config *cfg)
 			if (check_token_ref(c, cfg, tok, "certificateToken") < 0)
 				return -1;
 		}
+	}
+	return 0;
+}
+
+/* The management listener: its defaults, key and certificate together, and
+ * never on a data-plane listener's port (whatever the Host header, the UI
+ * must not be reachable through the data plane). */
+static int mgmt_finish(struct cfg_ctx *c, struct config *cfg)
+{
+	unsigned char km[17], kl[17];
+	struct listener_cfg m;
+	unsigned int i;
+
+	if (!cfg->mgmt.address && !(cfg->mgmt.address = cfg_strdup(c, "0.0.0.0")))
+		return -1;
+	if (!cfg->mgmt.port)
+		cfg->mgmt.port = 8443;
+	snprintf(c->path, sizeof(c->path), "$.management");
+	c->plen = strlen(c->path);
+	if (!cfg->mgmt.cert_file != !cfg->mgmt.key_file)
+		return cfg_fail(c, "certificateFile and keyFile go together");
+	m.address = cfg->mgmt.address;
+	listen_key(&m, km);
+	for (i = 0; cfg->mgmt.configured && i < cfg->nlisteners; i++) {
+		const struct listener_cfg *l = &cfg->listeners[i];
+		int any;
+
+		if (l->port != cfg->mgmt.port)
+			continue;
+		listen_key(l, kl);
+		any = !strcmp(l->address, "0.0.0.0") || !strcmp(l->address, "::") ||
+		      !strcmp(cfg->mgmt.address, "0.0.0.0") || !strcmp(cfg->mgmt.address, "::");
+		if (any || !memcmp(km, kl, sizeof(km)))
+			return cfg_fail(c,
+					"port %u is also $.listeners[%u]'s: the management "
+					"listener must not share a data-plane listener",
+					cfg->mgmt.port, i);
 	}
 	return 0;
 }
@@ -1545,6 +1602,9 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 	}
 	free(cfg->rules);
 	free(cfg->control_socket);
+	free(cfg->mgmt.address);
+	free(cfg->mgmt.cert_file);
+	free(cfg->mgmt.key_file);
 	free(cfg);
 }
 
@@ -1596,6 +1656,8 @@ struct config *cfg_load_buf(const char *json, size_t len, char *err, size_t errl
 		goto fail;
 	}
 	if (check_identities(&c, cfg) < 0)
+		goto fail;
+	if (mgmt_finish(&c, cfg) < 0)
 		goto fail;
 	/* rules name farms: compile once all of them exist */
 	for (i = 0; i < cfg->nrules; i++) {

@@ -54,7 +54,13 @@ static struct {
 	struct list graveyard;
 	unsigned int nconns;
 	int inited;
+	int (*reload)(char *err, size_t errlen);
 } C;
+
+void control_set_reload(int (*fn)(char *err, size_t errlen))
+{
+	C.reload = fn;
+}
 
 static void conn_close(struct ctl_conn *c);
 
@@ -395,6 +401,16 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 			return 1;
 		}
 	}
+	if (!strcmp(op, "reload")) {
+		char err[1024];
+
+		if (!C.reload || C.reload(err, sizeof(err)) == -1) {
+			reply_error(c, "%s", C.reload ? err : "reload is not available");
+			return 1;
+		}
+		jb_lit(&c->out, "{\"ok\":true}\n");
+		return 1;
+	}
 	if (!strcmp(op, "status")) {
 		jb_lit(&c->out, "{\"ok\":true,\"farms\":[");
 		for (i = 0; i < cfg->nfarms; i++) {
@@ -475,8 +491,10 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 		}
 		return 0;
 	} else {
-		reply_error(c, "unknown op \"%s\" (status, server, farm, health, verify, reset)",
-			    op);
+		reply_error(
+			c,
+			"unknown op \"%s\" (status, server, farm, health, verify, reset, reload)",
+			op);
 		return 1;
 	}
 	jb_lit(&c->out, "{\"ok\":true,\"farm\":");

@@ -3,6 +3,8 @@
 #ifndef FG_CONTROL_H
 #define FG_CONTROL_H
 
+#include <stddef.h>
+
 #include "ev.h"
 
 /* Listens on path (NULL: none), replacing the socket of a previous call
@@ -10,6 +12,9 @@
  * (logged); a stale socket file is replaced. Never fatal: the data plane
  * runs without a control socket. */
 void control_listen(struct ev_loop *loop, const char *path);
+
+/* The "reload" op's work (SIGHUP's): returns 0, or -1 with err filled. */
+void control_set_reload(int (*fn)(char *err, size_t errlen));
 
 /* Closes the socket and every control connection (exit). */
 void control_close(void);

@@ -37,23 +37,36 @@ static void usage(FILE *f)
 		   "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT stop gracefully.\n");
 }
 
-static void reload(struct daemon *d)
-{
-	char err[1024];
-	struct config *cfg = cfg_load_file(d->cfg_path, err, sizeof(err));
+static struct daemon *the_daemon;
 
-	if (!cfg || tls_prepare(cfg, err, sizeof(err)) == -1) {
+/* SIGHUP, and the control socket's "reload": the file, validated, swapped
+ * in; on any failure the running configuration stays. */
+static int reload_err(char *err, size_t errlen)
+{
+	struct daemon *d = the_daemon;
+	struct config *cfg = cfg_load_file(d->cfg_path, err, errlen);
+
+	if (!cfg || tls_prepare(cfg, err, errlen) == -1) {
 		LOGE("reload failed: %s; keeping the running configuration", err);
 		if (cfg)
 			cfg_put(cfg);
-		return;
+		return -1;
 	}
-	if (proxy_reload(cfg, err, sizeof(err)) == -1) {
+	if (proxy_reload(cfg, err, errlen) == -1) {
 		LOGE("reload failed: %s; keeping the running configuration", err);
-		return;
+		return -1;
 	}
 	control_listen(&d->loop, proxy_config()->control_socket);
 	LOGI("configuration reloaded");
+	return 0;
+}
+
+static void reload(struct daemon *d)
+{
+	char err[1024];
+
+	(void)d;
+	reload_err(err, sizeof(err));
 }
 
 static void stop_timer_cb(struct ev_loop *loop, struct ev_timer *t)
@@ -114,6 +127,8 @@ static void raise_nofile(void)
 int main(int argc, char **argv)
 {
 	static struct daemon d;
+
+	the_daemon = &d;
 	char err[1024];
 	struct config *cfg;
 	sigset_t set;
@@ -193,6 +208,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	control_listen(&d.loop, proxy_config()->control_socket);
+	control_set_reload(reload_err);
 	LOGI("farmgated %s started (pid %d)", FG_VERSION, (int)getpid());
 	ev_run(&d.loop);
 	control_close();
