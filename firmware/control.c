@@ -14,8 +14,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "cfg.h"
 #include "control.h"
+#include "p11.h"
+#include "signer.h"
+#include "tls.h"
 #include "health.h"
 #include "json.h"
 #include "lb.h"
@@ -44,6 +50,11 @@ struct ctl_conn {
 	int replying;
 	struct verify *verify;
 	char farm[256]; /* the farm a verify runs on */
+	/* a token operation running on the token's signer thread */
+	struct signer_job *job;
+	struct signer *job_signer;
+	struct ev_fd job_ev;
+	void (*job_done)(struct ctl_conn *c, void *arg, int rc);
 };
 
 static struct {
@@ -358,6 +369,231 @@ static void verify_done(void *arg)
 	ev_fd_mod(C.loop, &c->ev, EPOLLOUT);
 }
 
+/* ---- token operations (on the token's signer thread) ------------------------ */
+
+struct token_job {
+	char err[256];
+	struct sbuf_lite {
+		char *p;
+		size_t len, cap;
+	} out; /* the JSON fragment built on the signer thread */
+};
+
+static void tj_free(void *arg)
+{
+	struct token_job *j = arg;
+
+	free(j->out.p);
+	free(j);
+}
+
+static void job_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events);
+
+static void conn_reply_ready(struct ctl_conn *c)
+{
+	c->replying = 1;
+	ev_timer_set(C.loop, &c->tmr, C.loop->now_ms + CTL_TIMEOUT_MS);
+	ev_fd_mod(C.loop, &c->ev, EPOLLOUT);
+}
+
+/* Queues fn on tok's signer; done(c, arg, rc) answers when it finished. */
+static int token_async(struct ctl_conn *c, struct fg_token *tok,
+		       int (*fn)(struct p11_token *t, void *arg), void *arg,
+		       void (*done)(struct ctl_conn *c, void *arg, int rc))
+{
+	c->job = signer_post(tok->signer, fn, arg, tj_free);
+	if (!c->job)
+		return -1;
+	c->job_signer = tok->signer;
+	c->job_done = done;
+	c->job_ev.fd = signer_job_fd(c->job);
+	c->job_ev.cb = job_cb;
+	if (ev_fd_add(C.loop, &c->job_ev, EPOLLIN) == -1) {
+		signer_job_release(c->job_signer, c->job);
+		c->job = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void job_forget(struct ctl_conn *c)
+{
+	if (!c->job)
+		return;
+	c->job_ev.fd = -1; /* closed with the job (which leaves epoll then) */
+	signer_job_release(c->job_signer, c->job);
+	c->job = NULL;
+}
+
+static void job_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
+{
+	struct ctl_conn *c = container_of(w, struct ctl_conn, job_ev);
+
+	(void)loop;
+	(void)events;
+	if (!c->job || !signer_job_done(c->job))
+		return;
+	c->job_done(c, signer_job_arg(c->job), signer_job_rc(c->job));
+	job_forget(c);
+	conn_reply_ready(c);
+}
+
+static void tj_put(struct token_job *j, const char *s, size_t n)
+{
+	if (j->out.len + n + 1 > j->out.cap) {
+		size_t cap = (j->out.len + n + 1) * 2;
+		char *p = realloc(j->out.p, cap);
+
+		if (!p)
+			return;
+		j->out.p = p;
+		j->out.cap = cap;
+	}
+	memcpy(j->out.p + j->out.len, s, n);
+	j->out.len += n;
+	j->out.p[j->out.len] = 0;
+}
+
+static void tj_str(struct token_job *j, const char *s)
+{
+	struct jbuf b = {0};
+
+	jb_str(&b, s);
+	if (b.p)
+		tj_put(j, b.p, b.len);
+	free(b.p);
+}
+
+static void tj_fmt(struct token_job *j, const char *fmt, ...)
+{
+	char tmp[256];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		tj_put(j, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void tj_name(struct token_job *j, const X509_NAME *nm)
+{
+	char buf[512];
+
+	X509_NAME_oneline(nm, buf, sizeof(buf));
+	tj_str(j, buf);
+}
+
+/* What the token says about itself and every certificate on it. */
+static int token_describe(struct p11_token *t, void *arg)
+{
+	static const struct {
+		CK_MECHANISM_TYPE m;
+		const char *name;
+	} mechs[] = {
+		{CKM_RSA_PKCS, "RSA-PKCS"},
+		{CKM_RSA_X_509, "RSA-X-509"},
+		{CKM_RSA_PKCS_PSS, "RSA-PKCS-PSS"},
+		{CKM_ECDSA, "ECDSA"},
+		{CKM_RSA_PKCS_KEY_PAIR_GEN, "RSA-PKCS-KEY-PAIR-GEN"},
+		{CKM_EC_KEY_PAIR_GEN, "EC-KEY-PAIR-GEN"},
+	};
+	struct token_job *j = arg;
+	struct p11_cert *certs = NULL;
+	size_t n = 0, i, k;
+	char hex[65];
+
+	tj_put(j, "\"label\":", 8);
+	tj_str(j, p11_token_label(t));
+	tj_put(j, ",\"serial\":", 10);
+	tj_str(j, p11_token_serial(t));
+	tj_put(j, ",\"pinFlags\":", 12);
+	tj_str(j, p11_pin_flags_text(p11_token_flags(t)));
+	tj_put(j, ",\"mechanisms\":[", 15);
+	for (i = 0, k = 0; i < sizeof(mechs) / sizeof(mechs[0]); i++)
+		if (p11_token_has_mechanism(t, mechs[i].m)) {
+			if (k++)
+				tj_put(j, ",", 1);
+			tj_str(j, mechs[i].name);
+		}
+	tj_put(j, "],\"certificates\":[", 18);
+	if (p11_certs_list(t, &certs, &n, j->err, sizeof(j->err)) == -1)
+		n = 0;
+	for (i = 0; i < n; i++) {
+		const struct p11_cert *c = &certs[i];
+		EVP_PKEY *pk = X509_get0_pubkey(c->x509);
+		const ASN1_TIME *na = X509_get0_notAfter(c->x509);
+		struct tm tm;
+		char when[32] = "";
+
+		if (na && ASN1_TIME_to_tm(na, &tm))
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		tj_put(j, i ? ",{\"label\":" : "{\"label\":", i ? 10 : 9);
+		tj_str(j, c->label);
+		tj_put(j, ",\"id\":", 6);
+		tj_str(j, p11_hex_lower(c->id, c->id_len < 32 ? c->id_len : 32, hex));
+		tj_put(j, ",\"sha1\":", 8);
+		tj_str(j, p11_hex_upper(c->sha1, 20, hex));
+		tj_put(j, ",\"sha256\":", 10);
+		tj_str(j, p11_hex_upper(c->sha256, 32, hex));
+		tj_put(j, ",\"subject\":", 11);
+		tj_name(j, X509_get_subject_name(c->x509));
+		tj_put(j, ",\"issuer\":", 10);
+		tj_name(j, X509_get_issuer_name(c->x509));
+		tj_put(j, ",\"notAfter\":", 12);
+		tj_str(j, when);
+		tj_fmt(j, ",\"keyType\":\"%s %d\"}",
+		       pk && EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC ? "EC" : "RSA",
+		       pk ? EVP_PKEY_get_bits(pk) : 0);
+	}
+	p11_certs_free(certs, n);
+	tj_put(j, "]", 1);
+	return 0;
+}
+
+static void token_describe_done(struct ctl_conn *c, void *arg, int rc)
+{
+	struct token_job *j = arg;
+
+	(void)rc;
+	c->out.len = 0;
+	jb_lit(&c->out, "{\"ok\":true,\"token\":");
+	jb_str(&c->out, c->farm);
+	jb_lit(&c->out, ",");
+	if (j->out.p)
+		jb_put(&c->out, j->out.p, j->out.len);
+	jb_lit(&c->out, "}\n");
+}
+
+static void jb_tokens(struct jbuf *b)
+{
+	struct fg_token *t;
+	int n = 0;
+
+	jb_lit(b, "{\"ok\":true,\"tokens\":[");
+	for (t = tls_token_next(NULL); t; t = tls_token_next(t)) {
+		const struct sign_stats *st = signer_stats(t->signer);
+		unsigned long long cnt = atomic_load(&st->count);
+
+		if (n++)
+			jb_lit(b, ",");
+		jb_lit(b, "{\"name\":");
+		jb_str(b, t->name);
+		jb_lit(b, ",\"module\":");
+		jb_str(b, t->module);
+		jb_lit(b, ",\"uri\":");
+		jb_str(b, t->uri);
+		jb_fmt(b, ",\"loggedIn\":%s,\"signatures\":%llu,\"signatureErrors\":%llu",
+		       signer_is_up(t->signer) ? "true" : "false", cnt,
+		       (unsigned long long)atomic_load(&st->errors));
+		jb_fmt(b, ",\"avgSignatureUs\":%llu,\"maxSignatureUs\":%llu}",
+		       cnt ? (unsigned long long)atomic_load(&st->total_us) / cnt : 0ULL,
+		       (unsigned long long)atomic_load(&st->max_us));
+	}
+	jb_lit(b, "]}\n");
+}
+
 /* Handles one request. Returns 1 when the answer is ready in c->out, 0 when
  * it comes later (verify). */
 static int handle(struct ctl_conn *c, const struct json_value *req)
@@ -400,6 +636,27 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 				    f->name, sname);
 			return 1;
 		}
+	}
+	if (!strcmp(op, "tokens")) {
+		jb_tokens(&c->out);
+		return 1;
+	}
+	if (!strcmp(op, "token")) {
+		const char *tn = str_member(req, "token");
+		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
+		struct token_job *j;
+
+		if (!tok) {
+			reply_error(c, "no token \"%s\"", tn ? tn : "");
+			return 1;
+		}
+		j = calloc(1, sizeof(*j));
+		snprintf(c->farm, sizeof(c->farm), "%s", tok->name);
+		if (!j || token_async(c, tok, token_describe, j, token_describe_done) == -1) {
+			reply_error(c, "cannot reach token %s", tok->name);
+			return 1;
+		}
+		return 0;
 	}
 	if (!strcmp(op, "reload")) {
 		char err[1024];
@@ -523,7 +780,7 @@ static void conn_io(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 		conn_close(c);
 		return;
 	}
-	if (c->verify) { /* waiting for the probes */
+	if (c->verify || c->job) { /* waiting for the probes or the token */
 		if (events & (EPOLLHUP | EPOLLERR))
 			conn_close(c);
 		return;
@@ -591,6 +848,7 @@ static void conn_close(struct ctl_conn *c)
 		health_verify_cancel(c->verify);
 		c->verify = NULL;
 	}
+	job_forget(c);
 	ev_timer_del(C.loop, &c->tmr);
 	ev_fd_close(C.loop, &c->ev);
 	list_del(&c->link);
@@ -654,6 +912,7 @@ static void lsn_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 		}
 		c->ev.fd = fd;
 		c->ev.cb = conn_io;
+		c->job_ev.fd = -1;
 		ev_timer_init(&c->tmr, conn_timer);
 		if (ev_fd_add(loop, &c->ev, EPOLLIN | EPOLLRDHUP) == -1) {
 			free(c->in);

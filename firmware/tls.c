@@ -740,3 +740,25 @@ void tls_async_watch(struct ev_loop *loop, SSL *ssl, struct ev_fd *aev,
 	aev->cb = cb;
 	ev_fd_add(loop, aev, EPOLLIN);
 }
+
+/* ---- the open tokens, for the control socket -------------------------------- */
+
+struct fg_token *tls_token_next(struct fg_token *prev)
+{
+	struct list *n;
+
+	if (!T.inited)
+		return NULL;
+	n = prev ? prev->link.next : T.tokens.next;
+	return n == &T.tokens ? NULL : container_of(n, struct fg_token, link);
+}
+
+struct fg_token *tls_token_find(const char *name)
+{
+	struct fg_token *t;
+
+	for (t = tls_token_next(NULL); t; t = tls_token_next(t))
+		if (!strcmp(t->name, name))
+			return t;
+	return NULL;
+}

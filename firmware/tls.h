@@ -105,6 +105,11 @@ void tls_forget_sessions(struct config *cfg, struct fg_token *tok);
 /* Logs signature counters per token and per farm. */
 void tls_log_stats(const struct config *cfg);
 
+/* The open tokens in the order they were opened (NULL starts, NULL ends),
+ * and one by name. */
+struct fg_token *tls_token_next(struct fg_token *prev);
+struct fg_token *tls_token_find(const char *name);
+
 /* A handshake paused in an ASYNC job on a token signature: the signer's
  * wait fd goes into the loop (tls_async_watch, after SSL_ERROR_WANT_ASYNC);
  * the signer closes it once the signature is done, which also takes it out

@@ -47,6 +47,7 @@ struct sign_req {
 	uint64_t t0_us;
 	int (*fn)(struct p11_token *tok, void *arg); /* signer_call instead of a signature */
 	void *arg;
+	void (*free_arg)(void *arg); /* signer_post: the job owns arg */
 	int rc;
 };
 
@@ -111,6 +112,8 @@ static void req_put(struct sign_req *r)
 		return;
 	if (r->efd >= 0)
 		close(r->efd);
+	if (r->free_arg)
+		r->free_arg(r->arg);
 	OPENSSL_cleanse(r->in, sizeof(r->in));
 	free(r);
 }
@@ -360,6 +363,62 @@ int signer_call(struct signer *s, int (*fn)(struct p11_token *tok, void *arg), v
 	req_put(r);
 	pthread_mutex_unlock(&s->lock);
 	return rc;
+}
+
+struct signer_job *signer_post(struct signer *s, int (*fn)(struct p11_token *tok, void *arg),
+			       void *arg, void (*free_arg)(void *arg))
+{
+	struct sign_req *r = calloc(1, sizeof(*r));
+
+	if (!r) {
+		free_arg(arg);
+		return NULL;
+	}
+	r->fn = fn;
+	r->arg = arg;
+	r->free_arg = free_arg;
+	r->refs = 2;
+	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	pthread_mutex_lock(&s->lock);
+	if (r->efd == -1 || s->stop) {
+		pthread_mutex_unlock(&s->lock);
+		if (r->efd >= 0)
+			close(r->efd);
+		free_arg(arg);
+		free(r);
+		return NULL;
+	}
+	list_add_tail(&s->queue, &r->link);
+	pthread_cond_signal(&s->work);
+	pthread_mutex_unlock(&s->lock);
+	return (struct signer_job *)r;
+}
+
+int signer_job_fd(const struct signer_job *j)
+{
+	return ((const struct sign_req *)j)->efd;
+}
+
+int signer_job_done(const struct signer_job *j)
+{
+	return atomic_load(&((const struct sign_req *)j)->done);
+}
+
+int signer_job_rc(const struct signer_job *j)
+{
+	return ((const struct sign_req *)j)->rc;
+}
+
+void *signer_job_arg(const struct signer_job *j)
+{
+	return ((const struct sign_req *)j)->arg;
+}
+
+void signer_job_release(struct signer *s, struct signer_job *j)
+{
+	pthread_mutex_lock(&s->lock);
+	req_put((struct sign_req *)j);
+	pthread_mutex_unlock(&s->lock);
 }
 
 struct signer *signer_new(const char *name, struct p11_token *tok, char *err, size_t errlen)

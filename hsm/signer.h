@@ -52,4 +52,20 @@ void signer_unbind_key(struct signer *s, EVP_PKEY *pkey);
  * path. Returns fn's result, or -1 if the signer is stopping. */
 int signer_call(struct signer *s, int (*fn)(struct p11_token *tok, void *arg), void *arg);
 
+/* The same without waiting: fn(token, arg) is queued for the signer thread
+ * and the job's eventfd (signer_job_fd) becomes readable once it is done
+ * (signer_job_done, signer_job_rc, signer_job_arg for the results). The job
+ * owns arg: free_arg(arg) runs when both sides are finished with it, the
+ * caller saying so with signer_job_release (also to give up early: the
+ * thread finishes the work and frees it). NULL on failure (arg freed). For
+ * the management plane's token operations, which must not stall the loop. */
+struct signer_job;
+struct signer_job *signer_post(struct signer *s, int (*fn)(struct p11_token *tok, void *arg),
+			       void *arg, void (*free_arg)(void *arg));
+int signer_job_fd(const struct signer_job *j);
+int signer_job_done(const struct signer_job *j);
+int signer_job_rc(const struct signer_job *j);
+void *signer_job_arg(const struct signer_job *j);
+void signer_job_release(struct signer *s, struct signer_job *j);
+
 #endif

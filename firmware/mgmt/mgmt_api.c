@@ -512,6 +512,113 @@ static void rules_test(struct ctx *x)
 	cfg_put(cfg);
 }
 
+/* A control request's parsed answer, or NULL after answering the browser. */
+static struct json_doc *ctl_doc(struct ctx *x, const char *req, int timeout_ms)
+{
+	char err[256];
+	char *ans = control_call(req, timeout_ms, err, sizeof(err));
+	struct json_doc *d;
+	const struct json_value *ok, *e;
+
+	if (!ans) {
+		fail(x, 502, err);
+		return NULL;
+	}
+	d = json_parse(ans, strlen(ans), err, sizeof(err));
+	free(ans);
+	ok = d ? json_get(d->root, "ok") : NULL;
+	if (!ok || ok->type != JSON_TRUE) {
+		e = d ? json_get(d->root, "error") : NULL;
+		fail(x, e && e->type == JSON_STRING && strstr(e->u.str.s, "no token") ? 404 : 502,
+		     e && e->type == JSON_STRING ? e->u.str.s : "farmgated gave no answer");
+		json_free(d);
+		return NULL;
+	}
+	return d;
+}
+
+/* GET /tokens: every token farmgated opened, with what each says about
+ * itself (label, serial, PIN flags, mechanisms) and its signature counters;
+ * GET /tokens/{t}/certificates: the certificates on one, with thumbprints. */
+static void token_routes(struct ctx *x, const char *rest)
+{
+	struct json_doc *list = NULL, *one = NULL;
+	const struct json_value *toks;
+	struct sbuf req = {0};
+	size_t i, k;
+
+	if (!rest[0]) {
+		if (!(list = ctl_doc(x, "{\"op\":\"tokens\"}", 10000)))
+			return;
+		toks = json_get(list->root, "tokens");
+		json_answer(x, 200);
+		sb_lit(&x->rs->body, "{\"tokens\":[");
+		for (i = 0; i < json_len(toks); i++) {
+			const struct json_value *t = json_at(toks, i), *nm = json_get(t, "name");
+
+			if (i)
+				sb_lit(&x->rs->body, ",");
+			req.len = 0;
+			ctl_req(&req, "token", NULL, NULL, "token",
+				nm && nm->type == JSON_STRING ? nm->u.str.s : "");
+			one = ctl_doc(x, req.p, 60000);
+			if (!one)
+				goto out;
+			sb_lit(&x->rs->body, "{");
+			for (k = 0; k < t->u.obj.n; k++) {
+				sb_json_str(&x->rs->body, t->u.obj.members[k].key);
+				sb_lit(&x->rs->body, ":");
+				json_write(&x->rs->body, t->u.obj.members[k].value, 2, NULL);
+				sb_lit(&x->rs->body, ",");
+			}
+			for (k = 0; k < one->root->u.obj.n; k++) {
+				const struct json_member *m = &one->root->u.obj.members[k];
+
+				if (!strcmp(m->key, "ok") || !strcmp(m->key, "token") ||
+				    !strcmp(m->key, "certificates"))
+					continue;
+				sb_json_str(&x->rs->body, m->key);
+				sb_lit(&x->rs->body, ":");
+				json_write(&x->rs->body, m->value, 2, NULL);
+				sb_lit(&x->rs->body, ",");
+			}
+			sb_fmt(&x->rs->body, "\"certificateCount\":%zu}",
+			       json_len(json_get(one->root, "certificates")));
+			json_free(one);
+			one = NULL;
+		}
+		sb_lit(&x->rs->body, "]}\n");
+		goto out;
+	}
+	if (rest[0] == '/') {
+		const char *e = strchr(rest + 1, '/');
+		char *tn = e ? segment(rest + 1, (size_t)(e - rest - 1)) : NULL;
+
+		if (!tn || strcmp(e, "/certificates")) {
+			free(tn);
+			fail(x, 404, "no such route");
+			return;
+		}
+		ctl_req(&req, "token", NULL, NULL, "token", tn);
+		free(tn);
+		if (!(one = ctl_doc(x, req.p, 60000)))
+			goto out;
+		json_answer(x, 200);
+		sb_lit(&x->rs->body, "{\"certificates\":");
+		if (json_get(one->root, "certificates"))
+			json_write(&x->rs->body, json_get(one->root, "certificates"), 0, NULL);
+		else
+			sb_lit(&x->rs->body, "[]");
+		sb_lit(&x->rs->body, "}\n");
+		goto out;
+	}
+	fail(x, 404, "no such route");
+out:
+	json_free(list);
+	json_free(one);
+	sb_free(&req);
+}
+
 /* GET /audit: the last entries of the audit log, newest last. */
 static void audit_list(struct ctx *x)
 {
@@ -941,6 +1048,8 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 		/* answered */
 	} else if (!strcmp(rq->path, API "/rules/test") && !strcmp(rq->method, "POST")) {
 		rules_test(&x);
+	} else if (!strncmp(rq->path, API "/tokens", sizeof(API "/tokens") - 1) && get) {
+		token_routes(&x, rq->path + sizeof(API "/tokens") - 1);
 	} else if (!strcmp(rq->path, API "/audit") && get) {
 		audit_list(&x);
 	} else if (!strncmp(rq->path, API "/farms/", sizeof(API "/farms/") - 1)) {
