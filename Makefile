@@ -53,7 +53,11 @@ TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck procps iproute2 \
 	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
-	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh
+	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium
+# npm's playwright-core drives Debian's chromium in the browser tests
+PLAYWRIGHT_VERSION := 1.65.1
+NODE_DIR := $(O)/node
+PLAYWRIGHT := $(NODE_DIR)/node_modules/playwright-core/package.json
 
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -91,6 +95,15 @@ deps:
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	$(Q)command -v npm >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends npm; }
+	$(Q)$(MAKE) --no-print-directory $(PLAYWRIGHT)
+
+$(PLAYWRIGHT):
+	@mkdir -p $(NODE_DIR)
+	@echo "  NPM     playwright-core@$(PLAYWRIGHT_VERSION)"
+	$(Q)npm install --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error \
+		playwright-core@$(PLAYWRIGHT_VERSION) >/dev/null
 
 # ---- Kconfig ------------------------------------------------------------
 $(KCONFIG_CONFIG):

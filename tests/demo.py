@@ -117,6 +117,7 @@ def main():
                                               subject="/O=Farmgate demo/CN=Demo Badge User")
         port = pick_port(a.port)
         tls_port = pick_port(port + 363)
+        mgmt_port = pick_port(port + 1363)
         cfg = harness.make_config(
             farms=[harness.farm("demo", [harness.server(b.port) for b in backends],
                                 healthCheck={"url": "http://demo.local/", "interval": "00:00:05",
@@ -135,7 +136,8 @@ def main():
                         "ssl": {"certificates": [{"certificateHash": front.sha1}],
                                 "clientCertificates": "Accept", "clientCaFile": ca.crt}}],
             tokens=[tok.token_cfg()],
-            control={"socket": os.path.join(demo_dir, "control.sock")})
+            control={"socket": os.path.join(demo_dir, "control.sock")},
+            management={"address": "127.0.0.1", "port": mgmt_port})
         cfg_path = os.path.join(demo_dir, "farmgated.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f, indent=2)
@@ -148,6 +150,19 @@ def main():
             print("demo: farmgated did not start listening on 127.0.0.1:%d (exit code %s)"
                   % (port, fg.poll()), file=sys.stderr)
             return 1
+        # the management plane: its own process, its own HTTPS port, the same file
+        mgmt_dir = os.path.join(demo_dir, "mgmt")  # kept: the password survives make run
+        mgmt_bin = os.path.join(build, "farmgate-mgmt")
+        mgmt = subprocess.Popen([mgmt_bin, "-c", cfg_path, "-d", mgmt_dir], stdin=subprocess.DEVNULL,
+                                process_group=0, env=dict(os.environ, **env.proc_env))
+        env.on_cleanup(lambda: harness._stop_popen(mgmt, timeout=10))
+        harness.wait_port(mgmt_port, timeout=10, alive=lambda: mgmt.poll() is None)
+        code_file = os.path.join(mgmt_dir, "setup-code")
+        if os.path.exists(code_file):
+            with open(code_file) as f:
+                login = "first visit: set the administrator password with the setup code %s" % f.read().strip()
+        else:
+            login = "log in with the administrator password set earlier (rm -r %s to start over)" % mgmt_dir
         try:
             r = harness.http_request(port, "GET", "/", host="demo.local", timeout=5)
             check = "self-check: %d %s" % (r.status, r.text.strip())
@@ -183,13 +198,17 @@ def main():
    {fgctl} farm demo verify                    # Verify URL Test
    {fgctl} server demo 127.0.0.1:{pa} available
 
+ The web UI (its certificate is self-signed, made at first start):
+   https://127.0.0.1:{mp}/   {login}
+
  Config: {cfg}   (edit it, then: kill -HUP {pid} to reload)
  Logs (access lines included) appear below. Press Ctrl-C to stop everything.
 ============================================================================
 """.format(p=port, check=check, cfg=cfg_path, pid=fg.pid, tokdir=tok.dir, sha1=cert.sha1,
            conf=tok.conf, ctl=tok.ctl_bin, pinf=tok.pin_file, tp=tls_port, fsha1=front.sha1,
            ca=ca.crt, badge=badge, bkey=badge_key, fgctl=tok.ctl_bin,
-           sock=os.path.join(demo_dir, "control.sock"), pa=backends[0].port), flush=True)
+           sock=os.path.join(demo_dir, "control.sock"), pa=backends[0].port, mp=mgmt_port,
+           login=login), flush=True)
         while stop["sig"] is None:
             if fg.poll() is not None:
                 print("demo: farmgated exited with code %s" % fg.returncode, file=sys.stderr)
