@@ -2448,6 +2448,15 @@ fail:
 	return NULL;
 }
 
+/* "listener 0.0.0.0:80: Address already in use" -> "$.listeners[i]: ..." */
+static void listener_err_path(char *err, size_t errlen, unsigned int i)
+{
+	char tmp[512];
+
+	snprintf(tmp, sizeof(tmp), "%s", err);
+	snprintf(err, errlen, "$.listeners[%u]: %s", i, tmp);
+}
+
 static void listener_close(struct listener *l)
 {
 	list_del(&l->link);
@@ -2505,6 +2514,7 @@ int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errl
 		struct listener *l = listener_open(&cfg->listeners[i], err, errlen);
 
 		if (!l) {
+			listener_err_path(err, errlen, i);
 			proxy_free();
 			return -1;
 		}
@@ -2533,8 +2543,10 @@ int proxy_reload(struct config *cfg, char *err, size_t errlen)
 			continue;
 		}
 		l = listener_open(&cfg->listeners[i], err, errlen);
-		if (!l)
+		if (!l) {
+			listener_err_path(err, errlen, i);
 			goto fail;
+		}
 		l->keep = 1;
 		list_add_tail(&fresh, &l->link);
 	}

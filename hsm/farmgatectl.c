@@ -22,6 +22,7 @@
 
 #include "ctlclient.h"
 #include "key.h"
+#include "tokenops.h"
 #include "p11.h"
 
 #define DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
@@ -183,17 +184,6 @@ static long parse_hex(const char *s, unsigned char *out, size_t outsize)
 }
 
 /* A time as "2026-11-22 08:45:00 UTC". */
-static char *fmt_time(const ASN1_TIME *t, char *buf, size_t len)
-{
-	struct tm tm;
-
-	if (!t || !ASN1_TIME_to_tm(t, &tm))
-		snprintf(buf, len, "(unreadable date)");
-	else
-		strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm);
-	return buf;
-}
-
 /* The name on one line, UTF-8 kept ("CN = x, O = y"); static buffer. */
 static const char *name_text(const X509_NAME *n)
 {
@@ -276,29 +266,14 @@ err:
 }
 
 /* A certificate from PEM or DER bytes; NULL if neither. */
-static X509 *parse_cert(const unsigned char *b, size_t len)
-{
-	const unsigned char *p = b;
-	BIO *bio;
-	X509 *x;
-
-	bio = BIO_new_mem_buf(b, (int)len);
-	x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
-	BIO_free(bio);
-	if (!x)
-		x = d2i_X509(NULL, &p, (long)len);
-	ERR_clear_error();
-	return x;
-}
-
 /* 0 when x is valid now (or allow), else -1 with the dates printed. */
 static int check_dates(X509 *x, int allow)
 {
 	const ASN1_TIME *nb = X509_get0_notBefore(x), *na = X509_get0_notAfter(x);
 	char b1[40], b2[40];
 
-	fmt_time(nb, b1, sizeof(b1));
-	fmt_time(na, b2, sizeof(b2));
+	tokop_fmt_time(nb, b1, sizeof(b1));
+	tokop_fmt_time(na, b2, sizeof(b2));
 	if (X509_cmp_current_time(nb) > 0) {
 		if (allow)
 			return 0;
@@ -564,30 +539,18 @@ static int cmd_init(struct ctl *c)
 
 static int cmd_keygen(struct ctl *c)
 {
-	static const struct {
-		const char *name;
-		enum p11_key_kind kind;
-	} kinds[] = {
-		{"rsa2048", P11_KEY_RSA2048},
-		{"rsa3072", P11_KEY_RSA3072},
-		{"ec256", P11_KEY_EC256},
-		{"ec384", P11_KEY_EC384},
-	};
-	unsigned char id[128];
+	enum p11_key_kind kind;
+	unsigned char id[128], out[128];
 	char err[512], hex[257];
-	size_t i, idlen;
+	size_t idlen;
 	long n;
-	CK_OBJECT_HANDLE h;
-	int r, k = -1;
+	int r;
 
 	if (!c->opt[O_TYPE] || !c->opt[O_LABEL]) {
 		say_err("keygen needs --type rsa2048|rsa3072|ec256|ec384 and --label L");
 		return EXIT_USAGE;
 	}
-	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
-		if (strcmp(kinds[i].name, c->opt[O_TYPE]) == 0)
-			k = (int)i;
-	if (k < 0) {
+	if (tokop_key_kind(c->opt[O_TYPE], &kind) == -1) {
 		say_err("bad --type %s: use rsa2048, rsa3072, ec256 or ec384", c->opt[O_TYPE]);
 		return EXIT_USAGE;
 	}
@@ -597,103 +560,24 @@ static int cmd_keygen(struct ctl *c)
 	r = open_token(c, 1);
 	if (r)
 		return r;
-	if (n > 0 && p11_key_find(c->t, id, (size_t)n, NULL, &h, NULL, 0) == 0) {
-		say_err("a private key with id %s already exists on token %s",
-			p11_hex_lower(id, (size_t)n, hex), p11_token_label(c->t));
-		return EXIT_FAIL;
-	}
-	if (p11_key_find(c->t, NULL, 0, c->opt[O_LABEL], &h, NULL, 0) == 0) {
-		say_err("a private key labelled %s already exists on token %s; choose another "
-			"label or delete it",
-			c->opt[O_LABEL], p11_token_label(c->t));
-		return EXIT_FAIL;
-	}
-	if (p11_keygen(c->t, kinds[k].kind, c->opt[O_LABEL], id, (size_t)n, &idlen, &h, err,
-		       sizeof(err))) {
+	if (tokop_keygen(c->t, kind, c->opt[O_LABEL], id, (size_t)n, out, &idlen, err,
+			 sizeof(err))) {
 		say_err("%s", err);
 		return EXIT_FAIL;
 	}
-	printf("id=%s label=%s type=%s\n", p11_hex_lower(id, idlen, hex), c->opt[O_LABEL],
-	       kinds[k].name);
+	printf("id=%s label=%s type=%s\n", p11_hex_lower(out, idlen, hex), c->opt[O_LABEL],
+	       c->opt[O_TYPE]);
 	return EXIT_OK;
-}
-
-/* "/CN=a/O=b" (openssl -subj syntax, '\' escapes) into a new X509_NAME,
- * or NULL with the problem printed. */
-static X509_NAME *parse_subject(const char *s)
-{
-	X509_NAME *name = X509_NAME_new();
-	char *buf = malloc(strlen(s) + 1);
-	const char *p = s;
-
-	if (!name || !buf)
-		goto err;
-	if (*p != '/') {
-		say_err("bad --subject %s: expected /CN=name/O=org...", s);
-		goto err;
-	}
-	while (*p == '/') {
-		char *typ, *val, *eq;
-		size_t n = 0;
-		int nid;
-
-		p++;
-		while (*p && *p != '/') {
-			if (*p == '\\' && p[1])
-				p++;
-			buf[n++] = *p++;
-		}
-		buf[n] = '\0';
-		if (n == 0 && !*p)
-			break; /* trailing '/' */
-		eq = strchr(buf, '=');
-		if (!eq || eq == buf) {
-			say_err("bad --subject %s: each part is TYPE=value", s);
-			goto err;
-		}
-		*eq = '\0';
-		typ = buf;
-		val = eq + 1;
-		nid = OBJ_txt2nid(typ);
-		if (nid == NID_undef) {
-			say_err("bad --subject: unknown attribute type %s", typ);
-			goto err;
-		}
-		if (!*val) {
-			say_err("bad --subject: %s has an empty value", typ);
-			goto err;
-		}
-		if (!X509_NAME_add_entry_by_NID(name, nid, MBSTRING_UTF8, (unsigned char *)val, -1,
-						-1, 0)) {
-			say_err("bad --subject: %s=%s: %s", typ, val, ssl_reason("invalid value"));
-			goto err;
-		}
-	}
-	if (X509_NAME_entry_count(name) == 0) {
-		say_err("bad --subject %s: no attributes", s);
-		goto err;
-	}
-	free(buf);
-	return name;
-err:
-	free(buf);
-	X509_NAME_free(name);
-	return NULL;
 }
 
 static int cmd_csr(struct ctl *c)
 {
 	unsigned char id[128];
-	char err[512], hex[257];
-	STACK_OF(X509_EXTENSION) *exts = NULL;
-	X509_EXTENSION *ext;
-	EVP_PKEY *pub = NULL, *pkey = NULL;
-	X509_NAME *name = NULL;
-	X509_REQ *req = NULL;
-	CK_OBJECT_HANDLE h;
+	char err[512];
+	X509_REQ *req;
 	FILE *f;
 	long n;
-	int r = EXIT_FAIL;
+	int r;
 
 	if ((!c->opt[O_KEY_LABEL]) == (!c->opt[O_ID])) {
 		say_err("csr needs exactly one of --key-label L or --id HEX");
@@ -706,104 +590,38 @@ static int cmd_csr(struct ctl *c)
 	n = opt_id(c, id, sizeof(id));
 	if (n < 0)
 		return EXIT_USAGE;
-	name = parse_subject(c->opt[O_SUBJECT]);
-	if (!name)
-		return EXIT_USAGE;
-	if (c->opt[O_SAN]) {
-		ext = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, c->opt[O_SAN]);
-		if (!ext) {
-			say_err("bad --san %s: %s (use DNS:name,IP:1.2.3.4,email:a@b,URI:...)",
-				c->opt[O_SAN], ssl_reason("invalid"));
-			X509_NAME_free(name);
+	{
+		X509_NAME *name = tokop_parse_subject(c->opt[O_SUBJECT], err, sizeof(err));
+
+		if (!name) {
+			say_err("bad --subject: %s", err);
 			return EXIT_USAGE;
 		}
-		exts = sk_X509_EXTENSION_new_null();
-		if (!exts || !sk_X509_EXTENSION_push(exts, ext)) {
-			X509_EXTENSION_free(ext);
-			goto out;
-		}
+		X509_NAME_free(name);
 	}
 	r = open_token(c, 1);
 	if (r)
-		goto out;
-	r = EXIT_FAIL;
-	if (p11_key_find(c->t, id, (size_t)n, c->opt[O_KEY_LABEL], &h, err, sizeof(err))) {
+		return r;
+	req = tokop_csr(c->t, id, (size_t)n, c->opt[O_KEY_LABEL], c->opt[O_SUBJECT], c->opt[O_SAN],
+			err, sizeof(err));
+	if (!req) {
 		say_err("%s", err);
-		goto out;
-	}
-	pub = p11_key_public(c->t, h, err, sizeof(err));
-	if (!pub || !(pkey = hsm_key_new_pub(c->t, h, pub, err, sizeof(err)))) {
-		say_err("%s", err);
-		goto out;
-	}
-	req = X509_REQ_new();
-	if (!req || !X509_REQ_set_version(req, 0) || !X509_REQ_set_subject_name(req, name) ||
-	    !X509_REQ_set_pubkey(req, pub) || (exts && !X509_REQ_add_extensions(req, exts))) {
-		say_err("cannot build the CSR: %s", ssl_reason("internal error"));
-		goto out;
-	}
-	if (X509_REQ_sign(req, pkey, EVP_sha256()) <= 0) {
-		say_err("signing the CSR on token %s failed: %s", p11_token_label(c->t),
-			ssl_reason("signature failed"));
-		goto out;
-	}
-	if (X509_REQ_verify(req, pub) != 1) {
-		say_err("the token's CSR signature does not verify");
-		goto out;
+		return strstr(err, "subjectAltName") ? EXIT_USAGE : EXIT_FAIL;
 	}
 	f = fopen(c->opt[O_OUT], "w");
 	if (!f) {
 		say_err("cannot write %s: %s", c->opt[O_OUT], strerror(errno));
-		goto out;
+		X509_REQ_free(req);
+		return EXIT_FAIL;
 	}
 	if (!PEM_write_X509_REQ(f, req) | (fclose(f) != 0)) {
 		say_err("cannot write %s", c->opt[O_OUT]);
-		goto out;
+		X509_REQ_free(req);
+		return EXIT_FAIL;
 	}
-	{
-		struct hsm_key *k = hsm_key_of(pkey);
-
-		printf("wrote %s: %s, key id %s\n", c->opt[O_OUT], name_text(name),
-		       k ? p11_hex_lower(k->id, k->id_len, hex) : "?");
-	}
-	r = EXIT_OK;
-out:
-	EVP_PKEY_free(pkey);
-	EVP_PKEY_free(pub);
+	printf("wrote %s: %s\n", c->opt[O_OUT], name_text(X509_REQ_get_subject_name(req)));
 	X509_REQ_free(req);
-	X509_NAME_free(name);
-	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-	return r;
-}
-
-/* Prints "certificate X is already on token L" and returns 1 when a
- * certificate with x's SHA-1 is stored; 0 otherwise. */
-static int already_stored(struct ctl *c, X509 *x)
-{
-	unsigned char sha1[20];
-	struct p11_cert pc;
-	char hex[41];
-
-	X509_digest(x, EVP_sha1(), sha1, NULL);
-	if (p11_cert_find(c->t, sha1, 20, &pc, NULL, 0) == 0) {
-		say_err("certificate %s is already on token %s (label %s)",
-			p11_hex_upper(sha1, 20, hex), p11_token_label(c->t), pc.label);
-		X509_free(pc.x509);
-		return 1;
-	}
-	return 0;
-}
-
-/* The label to store for x: --label, else fallback, else its CN. */
-static void pick_label(struct ctl *c, X509 *x, const char *fallback, char *buf, size_t len)
-{
-	if (c->opt[O_LABEL])
-		snprintf(buf, len, "%s", c->opt[O_LABEL]);
-	else if (fallback && *fallback)
-		snprintf(buf, len, "%s", fallback);
-	else if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf,
-					   (int)len) <= 0)
-		snprintf(buf, len, "certificate");
+	return EXIT_OK;
 }
 
 static void print_thumbprints(X509 *x)
@@ -819,11 +637,8 @@ static void print_thumbprints(X509 *x)
 
 static int cmd_import_cert(struct ctl *c)
 {
-	struct p11_key_info ki;
-	struct p11_cert pc;
 	unsigned char *buf;
-	char err[512], label[128], hex[257];
-	CK_OBJECT_HANDLE key;
+	char err[512], label[128];
 	size_t len;
 	X509 *x;
 	int r;
@@ -834,38 +649,24 @@ static int cmd_import_cert(struct ctl *c)
 	}
 	if (read_file(c->pos[0], &buf, &len))
 		return EXIT_FAIL;
-	x = parse_cert(buf, len);
+	x = tokop_parse_cert(buf, len);
 	free(buf);
 	if (!x) {
 		say_err("%s is neither a PEM nor a DER X.509 certificate", c->pos[0]);
 		return EXIT_FAIL;
 	}
-	r = EXIT_FAIL;
-	if (check_dates(x, c->opt[O_ALLOW_INVALID_DATES] != NULL))
-		goto out;
 	r = open_token(c, 1);
 	if (r)
 		goto out;
 	r = EXIT_FAIL;
-	if (already_stored(c, x))
-		goto out;
-	memset(&pc, 0, sizeof(pc));
-	pc.x509 = x;
-	if (p11_key_find_for_cert(c->t, &pc, &key, err, sizeof(err))) {
-		say_err("%s", err);
-		goto out;
-	}
-	if (p11_key_info(c->t, key, &ki, err, sizeof(err))) {
-		say_err("%s", err);
+	if (tokop_import_cert(c->t, x, c->opt[O_LABEL], c->opt[O_ALLOW_INVALID_DATES] != NULL,
+			      label, err, sizeof(err))) {
+		say_err("%s%s", err,
+			strstr(err, "valid") ? " (use --allow-invalid-dates to import it anyway)"
+					     : "");
 		goto out;
 	}
-	pick_label(c, x, ki.label, label, sizeof(label));
-	if (p11_cert_import(c->t, x, label, ki.id, ki.id_len, NULL, err, sizeof(err))) {
-		say_err("%s", err);
-		goto out;
-	}
-	printf("imported certificate into token %s: label %s, id %s (the key's)\n",
-	       p11_token_label(c->t), label, p11_hex_lower(ki.id, ki.id_len, hex));
+	printf("imported certificate into token %s: label %s\n", p11_token_label(c->t), label);
 	print_thumbprints(x);
 	r = EXIT_OK;
 out:
@@ -958,8 +759,10 @@ static int cmd_import_pfx(struct ctl *c)
 	if (r)
 		goto out;
 	r = EXIT_FAIL;
-	if (already_stored(c, x))
+	if (tokop_cert_stored(c->t, x, err, sizeof(err))) {
+		say_err("%s", err);
 		goto out;
+	}
 	if (n == 0) {
 		if (RAND_bytes(id, 8) != 1) {
 			say_err("no random bytes for a key id");
@@ -967,7 +770,7 @@ static int cmd_import_pfx(struct ctl *c)
 		}
 		n = 8;
 	}
-	pick_label(c, x, (const char *)X509_alias_get0(x, NULL), label, sizeof(label));
+	tokop_pick_label(x, c->opt[O_LABEL], (const char *)X509_alias_get0(x, NULL), label);
 	if (p11_key_import(c->t, pkey, label, id, (size_t)n, NULL, err, sizeof(err))) {
 		say_err("%s", err);
 		goto out;
@@ -1029,9 +832,10 @@ static void print_cert(struct ctl *c, const struct p11_cert *pc)
 	printf("  SHA-256:     %s\n", p11_hex_upper(pc->sha256, 32, hex));
 	printf("  subject:     %s\n", name_text(X509_get_subject_name(pc->x509)));
 	printf("  issuer:      %s\n", name_text(X509_get_issuer_name(pc->x509)));
-	printf("  not before:  %s\n", fmt_time(X509_get0_notBefore(pc->x509), b1, sizeof(b1)));
-	printf("  not after:   %s%s\n", fmt_time(X509_get0_notAfter(pc->x509), b2, sizeof(b2)),
-	       state);
+	printf("  not before:  %s\n",
+	       tokop_fmt_time(X509_get0_notBefore(pc->x509), b1, sizeof(b1)));
+	printf("  not after:   %s%s\n",
+	       tokop_fmt_time(X509_get0_notAfter(pc->x509), b2, sizeof(b2)), state);
 	printf("  key:         %s\n", key_text(X509_get0_pubkey(pc->x509), kt, sizeof(kt)));
 	if (!c->logged_in) {
 		printf("  private key: unknown (not logged in: give --pin-file to check)\n");

@@ -4,6 +4,7 @@
  * embedded assets (which hold no data) are served without a session; any
  * other path, however it is spelt (..;/, %2e%2e/, //, double encoding), is
  * 401 without one. Paths are matched as sent, never decoded. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,7 +253,25 @@ static int farm_index(const struct json_value *farms, const char *name)
 /* GET/PUT /config, GET/POST /farms, GET/PUT/DELETE /farms/{farm}, GET/PUT
  * /rules: edits of the file, applied through a reload. Returns 1 if the
  * route was one of these. */
+/* Edits are read-modify-write of one file: one at a time, from the read
+ * through farmgated's reload, so no edit is lost. */
+static pthread_mutex_t edit_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int config_routes_locked(struct ctx *x, const char *path, int get);
+
 static int config_routes(struct ctx *x, const char *path, int get)
+{
+	int r;
+
+	if (get)
+		return config_routes_locked(x, path, get);
+	pthread_mutex_lock(&edit_lock);
+	r = config_routes_locked(x, path, get);
+	pthread_mutex_unlock(&edit_lock);
+	return r;
+}
+
+static int config_routes_locked(struct ctx *x, const char *path, int get)
 {
 	const char *m = x->rq->method;
 	struct json_edit ed;
@@ -276,6 +295,7 @@ static int config_routes(struct ctx *x, const char *path, int get)
 			} else if (config_apply(x->rq->body, x->rq->body_len, &status, err,
 						sizeof(err)) == -1) {
 				fail_cfg(x, status, err);
+				audit(x->rq->ip, "config-refused", err);
 			} else {
 				ok_empty(x);
 				audit(x->rq->ip, "config", "replaced the whole configuration");
@@ -304,14 +324,16 @@ static int config_routes(struct ctx *x, const char *path, int get)
 			if (!x->doc)
 				fail(x, 400, "the body must be a configuration backup (JSON)");
 			else if (config_apply(x->rq->body, x->rq->body_len, &status, err,
-					      sizeof(err)) == -1)
+					      sizeof(err)) == -1) {
 				fail_cfg(x, status, err);
-			else {
+				audit(x->rq->ip, "config-refused", err);
+			} else {
 				ok_empty(x);
 				audit(x->rq->ip, "config", "restored a backup");
 			}
 		} else if (config_restore_previous(&status, err, sizeof(err)) == -1) {
 			fail_cfg(x, status, err);
+			audit(x->rq->ip, "config-refused", err);
 		} else {
 			ok_empty(x);
 			audit(x->rq->ip, "config", "restored the previous generation");
@@ -685,14 +707,16 @@ static void farm_routes(struct ctx *x, const char *rest)
 		}
 		ctl_req(&req, "farm", farm, NULL, "state", st);
 		relay(x, req.p, 10000);
-		audit(x->rq->ip, "farm-state", req.p);
+		if (x->rs->status == 200)
+			audit(x->rq->ip, "farm-state", req.p);
 	} else if (!strcmp(slash, "/verify")) {
 		ctl_req(&req, "verify", farm, NULL, NULL, NULL);
 		relay(x, req.p, 120000);
 	} else if (!strcmp(slash, "/reset")) {
 		ctl_req(&req, "reset", farm, NULL, NULL, NULL);
 		relay(x, req.p, 10000);
-		audit(x->rq->ip, "farm-reset", req.p);
+		if (x->rs->status == 200)
+			audit(x->rq->ip, "farm-reset", req.p);
 	} else if (!strncmp(slash, "/servers/", 9)) {
 		const char *s = slash + 9, *e = strchr(s, '/');
 		char *server = e ? segment(s, (size_t)(e - s)) : NULL;
@@ -712,7 +736,8 @@ static void farm_routes(struct ctx *x, const char *rest)
 		}
 		ctl_req(&req, "server", farm, server, "state", st);
 		relay(x, req.p, 10000);
-		audit(x->rq->ip, "server-state", req.p);
+		if (x->rs->status == 200)
+			audit(x->rq->ip, "server-state", req.p);
 		free(server);
 	} else {
 		fail(x, 404, "no such route");
@@ -881,7 +906,10 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 			const char *code = body_str(x, "setupCode");
 
 			ok = auth_setup(code ? code : "", pw, &why) == 0;
-			throttle_result(rq->ip, ok || (why && strncmp(why, "wrong", 5)));
+			/* a wrong code counts as a failed guess; nothing else touches
+			 * the throttle (a refused setup must not reset it) */
+			if (ok || (why && !strncmp(why, "wrong", 5)))
+				throttle_result(rq->ip, ok);
 			if (!ok) {
 				fail(x, why && !strncmp(why, "wrong", 5) ? 403 : 400, why);
 				return;
@@ -889,7 +917,8 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 			audit(rq->ip, "password-setup", "");
 		} else {
 			ok = auth_password_set() && auth_check_password(pw);
-			throttle_result(rq->ip, ok);
+			if (auth_password_set()) /* nothing to guess before setup */
+				throttle_result(rq->ip, ok);
 			if (!ok) {
 				audit(rq->ip, "login-failed", "");
 				fail(x, 401,
@@ -948,7 +977,7 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 	fail(x, 404, "no such route");
 }
 
-static int basic_auth_ok(const char *authz)
+static int basic_auth_ok(const char *authz, const char *ip)
 {
 	unsigned char dec[400];
 	const char *colon;
@@ -961,7 +990,15 @@ static int basic_auth_ok(const char *authz)
 		return 0;
 	dec[n] = 0;
 	colon = strchr((const char *)dec, ':');
-	return colon && auth_password_set() && auth_check_password(colon + 1);
+	if (!colon || !auth_password_set() || throttle_wait(ip))
+		return 0;
+	if (!auth_check_password(colon + 1)) {
+		throttle_result(ip, 0);
+		audit(ip, "login-failed", "/metrics (Basic)");
+		return 0;
+	}
+	throttle_result(ip, 1);
+	return 1;
 }
 
 static const struct ui_asset *asset_of(const char *path)
@@ -1018,7 +1055,8 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 		auth_routes(&x, rq->path + sizeof(API "/auth/") - 1, logged_in);
 		goto out;
 	}
-	if (!strcmp(rq->path, "/metrics") && get && (logged_in || basic_auth_ok(rq->authz))) {
+	if (!strcmp(rq->path, "/metrics") && get &&
+	    (logged_in || basic_auth_ok(rq->authz, rq->ip))) {
 		metrics(&x);
 		goto out;
 	}

@@ -189,6 +189,8 @@ static int password_ok(const char *pw, const char **why)
 	return 1;
 }
 
+static int auth_setup_one(const char *code, const char *password, const char **why);
+
 static int store_password(const char *pw)
 {
 	unsigned char salt[SALT_LEN], h[HASH_LEN];
@@ -210,6 +212,18 @@ static int store_password(const char *pw)
 }
 
 int auth_setup(const char *code, const char *password, const char **why)
+{
+	static pthread_mutex_t setup_lock = PTHREAD_MUTEX_INITIALIZER;
+	int rc;
+
+	/* one at a time: two racing setups must not both win */
+	pthread_mutex_lock(&setup_lock);
+	rc = auth_setup_one(code, password, why);
+	pthread_mutex_unlock(&setup_lock);
+	return rc;
+}
+
+static int auth_setup_one(const char *code, const char *password, const char **why)
 {
 	char path[512];
 	int match;

@@ -21,29 +21,15 @@
 /* one change at a time: read, edit, save, reload */
 static pthread_mutex_t cfg_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static char *slurp(const char *path, size_t *len);
+
 char *config_read(size_t *len, char *err, size_t errlen)
 {
-	struct sbuf b = {0};
-	char buf[16384];
-	int fd = open(M.cfg_path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
+	char *text = slurp(M.cfg_path, len);
 
-	if (fd == -1) {
-		snprintf(err, errlen, "%s: %s", M.cfg_path, strerror(errno));
-		return NULL;
-	}
-	while ((n = read(fd, buf, sizeof(buf))) > 0)
-		sb_put(&b, buf, (size_t)n);
-	close(fd);
-	if (n < 0 || b.oom) {
-		snprintf(err, errlen, "%s: %s", M.cfg_path, n < 0 ? strerror(errno) : "too large");
-		sb_free(&b);
-		return NULL;
-	}
-	if (!b.p)
-		sb_lit(&b, "");
-	*len = b.len;
-	return b.p;
+	if (!text)
+		snprintf(err, errlen, "%s: cannot read it: %s", M.cfg_path, strerror(errno));
+	return text;
 }
 
 /* ---- serialising ------------------------------------------------------------ */
@@ -254,11 +240,54 @@ static int reload(char *err, size_t errlen)
 	return rc;
 }
 
+/* Reads a whole file (NULL if it does not exist). */
+static char *slurp(const char *path, size_t *len)
+{
+	struct sbuf b = {0};
+	char buf[16384];
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd == -1)
+		return NULL;
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		sb_put(&b, buf, (size_t)n);
+	close(fd);
+	if (n < 0 || b.oom) {
+		sb_free(&b);
+		return NULL;
+	}
+	if (!b.p)
+		sb_lit(&b, "");
+	*len = b.len;
+	return b.p;
+}
+
+/* Puts .prev back as it was before a failed change (or removes it). */
+static void prev_restore(const char *old_prev, size_t len)
+{
+	char prev[1024], tmp[1060];
+	int fd;
+
+	snprintf(prev, sizeof(prev), "%s.prev", M.cfg_path);
+	if (!old_prev) {
+		unlink(prev);
+		return;
+	}
+	snprintf(tmp, sizeof(tmp), "%s.tmp", prev);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd == -1 || write_all(fd, old_prev, len) == -1 || fsync(fd) == -1 ||
+	    rename(tmp, prev) == -1)
+		unlink(tmp);
+	if (fd >= 0)
+		close(fd);
+}
+
 int config_apply(const char *text, size_t len, int *http_status, char *err, size_t errlen)
 {
 	struct config *cfg;
-	char *old = NULL, e[1024];
-	size_t oldlen = 0;
+	char *old = NULL, *old_prev = NULL, prev[1024], e[1024];
+	size_t oldlen = 0, prevlen = 0;
 	int rc = -1;
 
 	*http_status = 400;
@@ -268,22 +297,29 @@ int config_apply(const char *text, size_t len, int *http_status, char *err, size
 	cfg_put(cfg);
 	pthread_mutex_lock(&cfg_lock);
 	old = config_read(&oldlen, e, sizeof(e));
+	snprintf(prev, sizeof(prev), "%s.prev", M.cfg_path);
+	old_prev = slurp(prev, &prevlen);
 	*http_status = 500;
-	if (save_atomic(text, len, old, oldlen, err, errlen) == -1)
+	if (save_atomic(text, len, old, oldlen, err, errlen) == -1) {
+		prev_restore(old_prev, prevlen); /* .prev may have been rotated already */
 		goto out;
+	}
 	if (reload(err, errlen) == -1) {
 		/* farmgated said no (a token lookup, a port in use...): put the
-		 * previous file back so the disk matches what runs */
+		 * previous file back so the disk matches what runs, and the
+		 * previous generation with it */
 		*http_status = 409;
 		if (old && save_atomic(old, oldlen, NULL, 0, e, sizeof(e)) == -1)
 			snprintf(err + strlen(err), errlen - strlen(err),
 				 "; and restoring the previous file failed: %s", e);
+		prev_restore(old_prev, prevlen);
 		goto out;
 	}
 	rc = 0;
 out:
 	pthread_mutex_unlock(&cfg_lock);
 	free(old);
+	free(old_prev);
 	return rc;
 }
 

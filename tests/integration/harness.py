@@ -346,6 +346,12 @@ class Env:
         return p
 
     # -- processes --------------------------------------------------------
+    def spawn_logged(self, argv, log_path):
+        """Starts a daemon with stdout and stderr appended to log_path (stop it by PID)."""
+        with open(log_path, "ab") as logf:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=self.proc_env, cwd=self.tmp)
+
     def on_cleanup(self, fn):
         """Registers fn() to run at env.close() (reverse order)."""
         self._cleanups.append(fn)
@@ -419,6 +425,21 @@ class Env:
 # farmgated
 # --------------------------------------------------------------------------
 
+def check_process_log(d, what):
+    """Raises SanitizerError if daemon d's log (d.log_text()) holds a sanitizer report."""
+    rep = sanitizer_report(d.log_text())
+    if rep:
+        raise SanitizerError("%s (pid %d) sanitizer report:\n%s" % (what, d.proc.pid, rep))
+
+
+def assert_process_alive(d, what, error=AssertionError):
+    """Fails with d's log tail if daemon d (d.alive(), d.proc) has exited."""
+    if not d.alive():
+        check_process_log(d, what)
+        raise error("%s (pid %d) exited unexpectedly with code %s; log tail:\n%s"
+                    % (what, d.proc.pid, d.proc.returncode, d.log_text()[-3000:]))
+
+
 class Farmgated:
     """One farmgated process running ``<bin> -c <tmp>/<name>.json``.
 
@@ -486,14 +507,8 @@ class Farmgated:
             cfg = self._fill_ports(self.config)
             self._write_config(cfg)
             self.ports = [l["port"] for l in cfg.get("listeners", [])]
-            logf = open(self.log_path, "ab")
-            try:
-                self.proc = subprocess.Popen(
-                    [self.env.bin] + self.args + ["-c", self.config_path],
-                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    env=self.env.proc_env, cwd=self.env.tmp)
-            finally:
-                logf.close()
+            self.proc = self.env.spawn_logged([self.env.bin] + self.args + ["-c", self.config_path],
+                                              self.log_path)
             if not self._started_once:
                 self._started_once = True
                 self.env.on_cleanup(self._cleanup)
@@ -556,16 +571,11 @@ class Farmgated:
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
     def check_sanitizer(self):
-        rep = sanitizer_report(self.log_text())
-        if rep:
-            raise SanitizerError("farmgated (pid %d) sanitizer report:\n%s" % (self.proc.pid, rep))
+        check_process_log(self, "farmgated")
 
     def assert_alive(self):
         """Fails (with the log tail) if farmgated has exited."""
-        if not self.alive():
-            self.check_sanitizer()
-            raise FarmgatedError("farmgated (pid %d) exited unexpectedly with code %s; log tail:\n%s"
-                                 % (self.proc.pid, self.proc.returncode, self.log_text()[-3000:]))
+        assert_process_alive(self, "farmgated", FarmgatedError)
 
     def stop(self, timeout=10.0):
         """SIGTERM, wait, SIGKILL on timeout. Raises SanitizerError /

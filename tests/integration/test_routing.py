@@ -4,7 +4,7 @@ redirect, custom response, abort, upstream request form, access log."""
 import re
 
 from harness import (arr_lb_rule, farm, http_request, make_config, one_farm_config, raw_request,
-                     parse_responses, RawClient, server)
+                     parse_responses, RawClient, server, wait_for)
 
 
 def _two_farms(env):
@@ -24,6 +24,9 @@ def test_host_selects_farm(env):
         assert ("server=%s " % want) in r.text, "Host %s should route to farm of nginx %s: %r" % (host, want, r.text)
         assert "uri=/path/x?q=1&r=2 " in r.text, "URL and query must reach the backend unchanged: %r" % r.text
         assert ("host=%s " % host.lower()) in r.text, "Host must be preserved by default: %r" % r.text
+    # nginx logs a request after answering it: give the last line a moment
+    wait_for(lambda: len(a.access_lines()) >= 2 and len(b.access_lines()) >= 2, 5,
+             msg="both access logs")
     assert len(a.access_lines()) == 2 and len(b.access_lines()) == 2, \
         "each nginx should have seen exactly 2 requests: A=%s B=%s" % (a.access_lines(), b.access_lines())
 

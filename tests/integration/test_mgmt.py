@@ -1,0 +1,1277 @@
+"""The management plane (issue 6, docs/management.md): farmgate-mgmt's REST API against a
+real farmgated on the same configuration file, atomic persistence (a full and a read-only
+file system), and the security list of issue 6 (401 for every route however it is spelt,
+CSRF / Origin / Sec-Fetch-Site, GET never changes state, cookie flags, session rotation,
+logout and password change, login throttling, security headers on every answer, nothing
+taken from client headers, not reachable through a data-plane listener, file modes, no
+default password) and the audit log.
+
+Not covered (not implemented yet): /tokens/*, /logs, /config/previous.
+
+farmgate-mgmt is started beside the build's farmgated (tests/integration/mgmt_client.py);
+scrypt makes every setup / login / password check cost ~0.1 s, so the tests log in once and
+keep the session.
+"""
+
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import threading
+import time
+
+from harness import (Farmgated, Reply, arr_lb_rule, farm, free_port, http_request, make_config,
+                     one_farm_config, raw_request, rule, server, wait_for)
+from mgmt_client import PASSWORD, Mgmt, start_stack
+
+HOST = "web.local"
+API = "/api/v1"
+SECRET = "pfx-Secret-0xC0FFEE"
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+def sname(port):
+    return "127.0.0.1:%d" % port
+
+
+def dp_get(fg, path="/", host=HOST, timeout=10):
+    """One request through the data plane."""
+    return http_request(fg.port, "GET", path, host=host, timeout=timeout)
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def expect(r, status, what):
+    assert r.status == status, "%s: expected %d, got %s" % (what, status, r.summary(600))
+    return r
+
+
+def ok(r, what):
+    return expect(r, 200, what)
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def leftovers(directory):
+    """Temporary files a save left behind."""
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+def farm_names(fg):
+    return [f["name"] for f in fg.status()]
+
+
+def stack(env, farms_cfg=None, nservers=2, health=False, **kw):
+    """Backends A (and B), farmgated with farm "web" (rule for web.local) and
+    farmgate-mgmt; the administrator's password set. Returns (fg, m, admin, backends)."""
+    bes = [env.backend(name=n) for n in "AB"[:nservers]]
+    fkw = {}
+    if health:
+        fkw["healthCheck"] = {"url": "http://%s/health" % HOST, "interval": "00:01:00",
+                              "timeout": "00:00:02"}
+    cfg = farms_cfg(bes) if farms_cfg else one_farm_config([b.port for b in bes], host=HOST, **fkw)
+    fg, m = start_stack(env, cfg, **kw)
+    admin = m.setup()
+    return fg, m, admin, bes
+
+
+def assert_no_data(r, what):
+    """A refused answer carries nothing but an error."""
+    for marker in (b'"farms"', b"webFarms", b'"entries"', b'"version"', b"farmgate_server_",
+                   b'"servers"', b"listeners", b"csrfToken"):
+        assert marker not in r.body, "%s leaked data (%s): %s" % (what, marker, r.summary(400))
+
+
+SEC_HEADERS_CHECKED = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy",
+                       "Strict-Transport-Security")
+
+
+def assert_security_headers(r, what):
+    csp = r.header("Content-Security-Policy")
+    assert csp, "%s: no Content-Security-Policy: %s" % (what, r.summary(800))
+    low = csp.lower()
+    assert "'unsafe-inline'" not in low and "'unsafe-eval'" not in low, "%s: CSP %r" % (what, csp)
+    assert re.search(r"frame-ancestors\s+'none'", low), "%s: CSP without frame-ancestors 'none': %r" % (what, csp)
+    m = re.search(r"script-src([^;]*)", low) or re.search(r"default-src([^;]*)", low)
+    assert m and m.group(1).split() == ["'self'"], "%s: scripts must come from 'self' only: %r" % (what, csp)
+    assert (r.header("X-Content-Type-Options") or "").lower() == "nosniff", "%s: %s" % (what, r.summary(800))
+    assert (r.header("Referrer-Policy") or "").lower() == "no-referrer", "%s: %s" % (what, r.summary(800))
+    hsts = r.header("Strict-Transport-Security") or ""
+    mm = re.search(r"max-age=(\d+)", hsts)
+    assert mm and int(mm.group(1)) >= 86400 * 180, "%s: HSTS %r" % (what, hsts)
+
+
+def first_throttle(attempt, n=3):
+    """Calls attempt() (one wrong password, returns the answer) until it answers 429;
+    returns the statuses seen. The daemon counts in whole seconds, so right after the
+    fifth failure the 1 s window may already be over: the sixth failure then opens a 2 s
+    one, and the next attempt must be throttled."""
+    seen = []
+    for _ in range(n):
+        r = attempt()
+        seen.append(r.status)
+        if r.status == 429:
+            return seen, r
+    return seen, None
+
+
+def lengthen_throttle(attempt, timeout=5.0):
+    """Waits for the current window to end with wrong attempts (429s do not count), the
+    first one let through failing again: the next window is >= 2 s."""
+    def through():
+        r = attempt()
+        assert r.status in (401, 429), r.summary()
+        if r.status == 401:
+            return True
+        time.sleep(0.15)
+        return False
+    wait_for(through, timeout=timeout, interval=0, msg="the throttling window to end")
+
+
+# --------------------------------------------------------------------------
+# 1. the API, route by route
+# --------------------------------------------------------------------------
+
+def test_first_start_setup_code_and_no_default_password(env):
+    """First start: data directory 0700, key and setup code 0600, the code on the console;
+    no password works before setup (admin, password, empty, Basic on /metrics); setup with
+    a wrong code is 403, a short password 400; the right code sets the password (scrypt,
+    0600, the code file removed), logs in, and a second setup is refused."""
+    a = env.backend(name="A")
+    fg, m = start_stack(env, one_farm_config([a.port], host=HOST))
+    d = m.data_dir
+    assert mode_of(d) == 0o700, "data directory mode %o" % mode_of(d)
+    for n in ("setup-code", "mgmt-key.pem"):
+        assert mode_of(os.path.join(d, n)) == 0o600, "%s mode %o" % (n, mode_of(os.path.join(d, n)))
+    assert not mode_of(m.cert_path) & 0o022, "certificate writable by others: %o" % mode_of(m.cert_path)
+    code = m.setup_code
+    assert code and re.fullmatch(r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}", code), code
+    assert code in m.log_text(), "the setup code must be printed on the console:\n" + m.log_text()
+    # the certificate: self-signed P-256 with 127.0.0.1 in its SAN (the client verified it)
+    p = subprocess.run(["openssl", "x509", "-in", m.cert_path, "-noout", "-text"],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0 and "prime256v1" in p.stdout and "IP Address:127.0.0.1" in p.stdout, p.stdout
+
+    anon = m.client()
+    st = ok(anon.get(API + "/auth/state"), "auth state").json()
+    assert st["passwordSet"] is False and st["loggedIn"] is False, st
+
+    r = expect(anon.setup("0000-0000-0000"), 403, "setup with a wrong code")
+    assert not r.header_all("Set-Cookie"), r.summary()
+    r = expect(anon.setup(code.replace("-", "")), 403, "setup with the code in another spelling")
+    r = expect(anon.setup(code, "short"), 400, "setup with a 5-character password")
+    assert not r.header_all("Set-Cookie"), r.summary()
+    r = expect(anon.setup(code, "123456789"), 400, "setup with a 9-character password")
+    for pw in ("admin", "password", ""):
+        r = expect(anon.login(pw), 401, "login with %r before any password is set" % pw)
+        assert not r.header_all("Set-Cookie"), r.summary()
+    r = expect(anon.get("/metrics", headers=[("Authorization", anon.basic("admin"))]), 401,
+               "/metrics with admin:admin before setup")
+    assert_no_data(r, "/metrics before setup")
+    expect(anon.get(API + "/status"), 401, "status before setup")
+    st = ok(anon.get(API + "/auth/state"), "auth state").json()
+    assert st["passwordSet"] is False, "a refused setup must not set a password: %s" % st
+
+    admin = m.client()
+    r = ok(admin.setup(code), "setup with the right code")
+    assert re.fullmatch(r"[0-9a-f]{32}", admin.csrf or ""), r.summary()
+    assert admin.sid, "setup must log in: " + r.summary()
+    ok(admin.get(API + "/status"), "status after setup")
+    st = ok(admin.get(API + "/auth/state"), "auth state").json()
+    assert st["passwordSet"] is True and st["loggedIn"] is True and st.get("csrfToken") == admin.csrf, st
+    assert not os.path.exists(os.path.join(d, "setup-code")), "the setup code must be gone after setup"
+    pwf = os.path.join(d, "password")
+    assert mode_of(pwf) == 0o600, "password file mode %o" % mode_of(pwf)
+    text = read_bytes(pwf).decode()
+    assert text.startswith("scrypt$") and PASSWORD not in text, text
+
+    for body in ({"setupCode": code, "password": "an attacker's password"},
+                 {"setupCode": "0000-0000-0000", "password": "an attacker's password"}):
+        r = m.client().post(API + "/auth/setup", body)
+        assert r.status in (400, 403), "a second setup must be refused: " + r.summary()
+        assert not r.header_all("Set-Cookie"), r.summary()
+    expect(m.client().login("an attacker's password"), 401, "login with the refused second password")
+    ok(m.client().login(PASSWORD), "login with the password set at setup")
+    # the password survives a restart; no new setup code appears
+    m.stop()
+    m2 = Mgmt(env, fg, data_dir=d, name="mgmt-again").start()
+    assert m2.setup_code is None and not os.path.exists(os.path.join(d, "setup-code"))
+    ok(m2.login(PASSWORD).get(API + "/status"), "status after a restart")
+
+
+def test_setup_happens_once_even_when_concurrent(env):
+    """Two setups racing with the right code (a double click, or someone else who saw the
+    console): exactly one sets the password, and it is the one that works."""
+    a = env.backend(name="A")
+    fg, m = start_stack(env, one_farm_config([a.port], host=HOST))
+    pws = ["first racing passphrase", "second racing passphrase"]
+    clients = [m.client(), m.client()]
+    res = {}
+    go = threading.Barrier(2)
+
+    def run(i):
+        go.wait()
+        res[i] = clients[i].setup(m.setup_code, pws[i])
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    codes = [res[i].status for i in range(2)]
+    won = [i for i in range(2) if codes[i] == 200]
+    assert len(won) == 1, (
+        "two concurrent setups with the right code were both answered %s: both callers got a "
+        "session and believe their password is set, but only one is stored" % codes)
+    assert codes[1 - won[0]] in (400, 403), codes
+    ok(m.client().login(pws[won[0]]), "the winner's password")
+    expect(m.client().login(pws[1 - won[0]]), 401, "the loser's password")
+
+
+def test_runtime_routes_status_states_verify_reset_system(env):
+    """GET /status mirrors the control socket; POST .../servers/{s}/state is what
+    farmgatectl shows and the data plane obeys; farm Offline answers 503 through the data
+    plane, Online 200; verify probes every server now; reset zeroes the counters; errors are
+    400 / 404; GET /system gives the version."""
+    fg, m, admin, (a, b) = stack(env, health=True)
+    st = ok(admin.get(API + "/status"), "status").json()
+    assert [f["name"] for f in st["farms"]] == ["web"], st
+    assert {s["server"] for s in st["farms"][0]["servers"]} == {sname(a.port), sname(b.port)}, st
+
+    r = ok(admin.post(API + "/farms/web/servers/%s/state" % sname(a.port),
+                      {"state": "DisallowNewConnections"}), "drain A")
+    assert "DisallowNewConnections" in r.text, r.summary()
+    assert fg.server_status("web", a.port)["state"] == "DisallowNewConnections"
+    p = fg.ctl("status", "web", "--json")
+    assert p.returncode == 0, p.output
+    ctl = {s["server"]: s["state"] for f in json.loads(p.stdout)["farms"] for s in f["servers"]}
+    assert ctl[sname(a.port)] == "DisallowNewConnections" and ctl[sname(b.port)] == "Available", ctl
+    got = {dp_get(fg, "/d%d" % i).header("X-Backend") for i in range(6)}
+    assert got == {"B"}, "a drained server got new requests: %s" % got
+    # the server named with an encoded colon; the four states
+    for state in ("UnavailableGracefully", "UnavailableImmediately", "Available"):
+        ok(admin.post(API + "/farms/web/servers/127.0.0.1%%3A%d/state" % a.port, {"state": state}),
+           "A -> " + state)
+        assert fg.server_status("web", a.port)["state"] == state
+    got = {dp_get(fg, "/e%d" % i).header("X-Backend") for i in range(6)}
+    assert got == {"A", "B"}, got
+
+    expect(admin.post(API + "/farms/web/servers/%s/state" % sname(a.port), {"state": "Sleeping"}),
+           400, "an unknown state")
+    expect(admin.post(API + "/farms/web/servers/%s/state" % sname(a.port), {}), 400, "no state")
+    expect(admin.post(API + "/farms/web/servers/%s/state" % sname(a.port), "not json"), 400, "not JSON")
+    expect(admin.post(API + "/farms/web/servers/127.0.0.1:1/state", {"state": "Available"}), 404,
+           "an unknown server")
+    expect(admin.post(API + "/farms/nope/servers/%s/state" % sname(a.port), {"state": "Available"}),
+           404, "an unknown farm")
+    expect(admin.post(API + "/farms/web/servers/%s/health" % sname(a.port), {"state": "Available"}),
+           404, "an unknown server route")
+    assert fg.server_status("web", a.port)["state"] == "Available"
+
+    ok(admin.post(API + "/farms/web/state", {"state": "Offline"}), "farm offline")
+    assert fg.farm_status("web")["state"] == "Offline"
+    expect(dp_get(fg, "/off"), 503, "an offline farm through the data plane")
+    expect(admin.post(API + "/farms/web/state", {"state": "Sideways"}), 400, "an unknown farm state")
+    expect(admin.post(API + "/farms/nope/state", {"state": "Online"}), 404, "state of an unknown farm")
+    ok(admin.post(API + "/farms/web/state", {"state": "Online"}), "farm online")
+    ok(dp_get(fg, "/on"), "an online farm through the data plane")
+
+    a.clear()
+    b.clear()
+    r = ok(admin.post(API + "/farms/web/verify"), "verify").json()
+    res = {x["server"]: x for x in r["results"]}
+    assert set(res) == {sname(a.port), sname(b.port)}, r
+    assert all(x["result"] == "Success" and x["status"] == 200 for x in res.values()), r
+    assert a.requests_to("/health") and b.requests_to("/health"), "verify must probe every server now"
+    expect(admin.post(API + "/farms/nope/verify"), 404, "verify of an unknown farm")
+
+    for i in range(4):
+        ok(dp_get(fg, "/c%d" % i), "traffic")
+    wait_for(lambda: fg.farm_status("web")["counters"]["totalRequests"] >= 4, msg="counters")
+    r = ok(admin.post(API + "/farms/web/reset"), "reset").json()
+    assert r["farm"]["counters"]["totalRequests"] == 0, r
+    f = fg.farm_status("web")
+    assert f["counters"]["totalRequests"] == 0, f
+    assert all(s["counters"]["totalRequests"] == 0 for s in f["servers"]), f
+    expect(admin.post(API + "/farms/nope/reset"), 404, "reset of an unknown farm")
+
+    sysinfo = ok(admin.get(API + "/system"), "system").json()
+    version = env.cli("-V").stdout.split()[1]
+    assert sysinfo["version"] == version, (sysinfo, version)
+    assert isinstance(sysinfo["uptimeS"], int) and 0 <= sysinfo["uptimeS"] < 600, sysinfo
+    expect(admin.post(API + "/system"), 404, "POST /system")
+
+
+def _with_secret(bes):
+    """Farms "other" (index 0) and "web" (index 1, its protocol with a client
+    certificate password); rules: web first, other second."""
+    return make_config(
+        farms=[farm("other", [server(bes[0].port)]),
+               farm("web", [server(b.port) for b in bes], protocol={"clientCertPassword": SECRET})],
+        rules=[arr_lb_rule("web", HOST), arr_lb_rule("other", "other.local")])
+
+
+def test_config_reads_never_carry_secrets(env):
+    """GET /config, /backup, /farms and /farms/{f} are the file minus clientCertPassword
+    (never the secret's value), /backup as an attachment; /rules is the file's; unknown farm
+    404; an edit of another farm keeps the secret in the file."""
+    fg, m, admin, (a, b) = stack(env, farms_cfg=_with_secret)
+    disk = json.loads(read_bytes(fg.config_path))
+    assert disk["webFarms"][1]["protocol"]["clientCertPassword"] == SECRET
+    want = json.loads(json.dumps(disk))
+    del want["webFarms"][1]["protocol"]["clientCertPassword"]
+
+    for path in ("/config", "/backup", "/farms", "/farms/web", "/farms/WEB"):
+        r = ok(admin.get(API + path), "GET " + path)
+        assert SECRET.encode() not in r.body and b"clientCertPassword" not in r.body, \
+            "GET %s carries the secret: %s" % (path, r.text)
+        assert "no-store" in (r.header("Cache-Control") or ""), r.summary()
+    assert ok(admin.get(API + "/config"), "config").json() == want
+    r = ok(admin.get(API + "/backup"), "backup")
+    assert r.json() == want
+    assert re.match(r"attachment\b", r.header("Content-Disposition") or ""), r.summary()
+    assert ok(admin.get(API + "/farms"), "farms").json() == want["webFarms"]
+    assert ok(admin.get(API + "/farms/web"), "farm web").json() == want["webFarms"][1]
+    assert ok(admin.get(API + "/rules"), "rules").json() == disk["rules"]
+    expect(admin.get(API + "/farms/nope"), 404, "an unknown farm")
+    expect(admin.get(API + "/farms/"), 404, "an empty farm name")
+
+    other = dict(disk["webFarms"][0], servers=[server(a.port, weight=5)])
+    ok(admin.put(API + "/farms/other", other), "edit farm other")
+    assert fg.server_status("other", a.port)["weight"] == 5
+    disk2 = json.loads(read_bytes(fg.config_path))
+    assert disk2["webFarms"][1]["protocol"].get("clientCertPassword") == SECRET, \
+        "an edit of farm other dropped web's secret from the file: %s" % disk2["webFarms"][1]
+
+
+def _two_farms(bes):
+    a, b = bes
+    return make_config(
+        farms=[farm("web", [server(a.port), server(b.port)]), farm("other", [server(a.port)])],
+        rules=[arr_lb_rule("web", HOST), arr_lb_rule("other", "other.local")])
+
+
+def test_farm_edits_validation_paths_and_file_untouched(env):
+    """PUT /farms/{f} with a bad weight is 400 naming $.webFarms[i].servers[j].weight, the
+    file byte-identical and farmgated serving; other malformed bodies 400; renames onto
+    another farm 409; POST /farms adds a farm (live); DELETE of a farm a rule uses is 400
+    naming $.rules[k].action.url; DELETE of an unused farm removes it."""
+    fg, m, admin, (a, b) = stack(env, farms_cfg=_two_farms)
+    before = read_bytes(fg.config_path)
+    cdir = os.path.dirname(fg.config_path)
+
+    def unchanged(what):
+        assert read_bytes(fg.config_path) == before, "%s changed the file" % what
+        assert not leftovers(cdir), "%s left %s" % (what, leftovers(cdir))
+        fg.assert_alive()
+        ok(dp_get(fg, "/still"), "the data plane after " + what)
+
+    for i, bad in enumerate((100001, -1, "heavy", 1.5)):
+        r = expect(admin.put(API + "/farms/other", farm("other", [server(a.port), server(b.port, weight=bad)])),
+                   400, "weight %r" % (bad,))
+        assert r.json().get("path") == "$.webFarms[1].servers[1].weight", r.text
+        unchanged("a bad weight")
+    r = expect(admin.put(API + "/farms/web", farm("web", [server(a.port), server(70000)])), 400, "port 70000")
+    assert r.json().get("path") == "$.webFarms[0].servers[1].httpPort", r.text
+    for body, what in (("{not json", "a body that is not JSON"), ([1, 2], "an array"),
+                       ({"servers": []}, "a farm without a name"), ({"name": 7}, "a numeric name")):
+        expect(admin.put(API + "/farms/web", body), 400, what)
+    unchanged("malformed bodies")
+    expect(admin.put(API + "/farms/web", farm("other", [server(a.port)])), 409, "renaming web onto other")
+    expect(admin.post(API + "/farms", farm("WEB", [server(a.port)])), 409, "adding a second web")
+    expect(admin.post(API + "/farms/web", farm("x", [server(a.port)])), 405, "POST /farms/web")
+    unchanged("conflicts")
+
+    c = env.backend(name="C")
+    ok(admin.post(API + "/farms", farm("added", [server(c.port)])), "POST /farms")
+    assert farm_names(fg) == ["web", "other", "added"], farm_names(fg)
+    assert ok(admin.get(API + "/farms/added"), "GET added").json() == farm("added", [server(c.port)])
+
+    before = read_bytes(fg.config_path)
+    r = expect(admin.delete(API + "/farms/other"), 400, "deleting a farm rule 1 uses")
+    assert r.json().get("path") == "$.rules[1].action.url", r.text
+    unchanged("a refused delete")
+    expect(admin.delete(API + "/farms/nope"), 404, "deleting an unknown farm")
+    expect(admin.delete(API + "/farms"), 405, "DELETE /farms")
+    ok(admin.delete(API + "/farms/added"), "deleting an unused farm")
+    assert farm_names(fg) == ["web", "other"], farm_names(fg)
+    expect(admin.get(API + "/farms/added"), 404, "a deleted farm")
+    assert [f["name"] for f in json.loads(read_bytes(fg.config_path))["webFarms"]] == ["web", "other"]
+
+
+def test_farm_change_applies_live_without_dropping_in_flight(env):
+    """A valid PUT /farms/web adding server B applies at once (B gets traffic, same
+    farmgated process) while a slow request on A started before it completes intact."""
+    a = env.backend(name="A")
+    a.route("/slow", Reply(200, b"slow-done", headers=[("X-Backend", "A")], delay=2.0 * env.slow))
+    fg, m = start_stack(env, one_farm_config([a.port], host=HOST))
+    admin = m.setup()
+    pid = fg.pid
+    out = {}
+
+    def slow():
+        try:
+            out["r"] = dp_get(fg, "/slow", timeout=20)
+        except BaseException as e:  # noqa: reported below
+            out["e"] = e
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: a.requests_to("/slow"), msg="the slow request to reach A")
+    b = env.backend(name="B")
+    t0 = time.monotonic()
+    ok(admin.put(API + "/farms/web", farm("web", [server(a.port), server(b.port)])), "adding B")
+    took = time.monotonic() - t0
+    assert took < 1.5 * env.slow, "the change waited %.1fs (for the in-flight request?)" % took
+    assert t.is_alive(), "the slow request ended before the change was applied"
+    got = [dp_get(fg, "/n%d" % i).header("X-Backend") for i in range(8)]
+    assert "B" in got, "the new server got no traffic after the change: %s" % got
+    t.join(20)
+    assert "e" not in out, "the in-flight request failed: %r" % out.get("e")
+    r = out["r"]
+    assert r.status == 200 and r.body == b"slow-done", r.summary()
+    assert fg.pid == pid and fg.alive()
+
+
+def test_rules_get_put_and_tester(env):
+    """GET /rules is the file's; PUT /rules applies (a new Host routes); POST /rules/test
+    names the rule and farm (and NoRoute); bad bodies 400; a rule naming an unknown farm is
+    400 naming $.rules[i].action.url with the file unchanged."""
+    fg, m, admin, (a, b) = stack(env)
+    rules = ok(admin.get(API + "/rules"), "GET rules").json()
+    assert rules == json.loads(read_bytes(fg.config_path))["rules"], rules
+    expect(dp_get(fg, "/x", host="new.local"), 404, "new.local before the change")
+    new = [rule("to-web-new", "*", {"type": "Rewrite", "url": "http://web/{R:0}"},
+                conditions=[{"input": "{HTTP_HOST}", "pattern": "new.local"}],
+                patternSyntax="Wildcard", stopProcessing=True)] + rules
+    ok(admin.put(API + "/rules", new), "PUT rules")
+    assert ok(admin.get(API + "/rules"), "GET rules").json() == new
+    ok(dp_get(fg, "/x", host="new.local"), "new.local after the change")
+
+    t = ok(admin.post(API + "/rules/test", {"url": "/a/b?c=1", "host": "new.local"}), "rule test").json()
+    assert t["outcome"] == "Farm" and t["rule"] == "to-web-new" and t["farm"] == "web", t
+    t = ok(admin.post(API + "/rules/test", {"url": "/a", "host": HOST}), "rule test").json()
+    assert t["rule"] == "ARR_web_loadbalance" and t["farm"] == "web", t
+    t = ok(admin.post(API + "/rules/test", {"url": "/a", "host": "nomatch.example"}), "rule test").json()
+    assert t["outcome"] == "NoRoute" and t["farm"] is None and t["rule"] is None, t
+    for body in ({"host": HOST}, {"url": "/a"}, {"url": "a", "host": HOST}, "nope"):
+        expect(admin.post(API + "/rules/test", body), 400, "rule test with %r" % (body,))
+
+    before = read_bytes(fg.config_path)
+    for body in ({"rules": []}, "[", 5):
+        expect(admin.put(API + "/rules", body), 400, "PUT rules with %r" % (body,))
+    bad = new + [rule("to-ghost", "^(.*)$", {"type": "Rewrite", "url": "http://ghost/{R:1}"})]
+    r = expect(admin.put(API + "/rules", bad), 400, "a rule naming an unknown farm")
+    assert r.json().get("path") == "$.rules[%d].action.url" % (len(bad) - 1), r.text
+    assert read_bytes(fg.config_path) == before
+    ok(dp_get(fg, "/x", host="new.local"), "new.local after refused changes")
+
+
+def test_whole_config_put_backup_and_restore(env):
+    """PUT /config replaces the file (applied live) and validates first (400 naming the
+    path, file unchanged); GET /backup then POST /restore puts the exported configuration
+    back."""
+    fg, m, admin, (a, b) = stack(env)
+    backup = ok(admin.get(API + "/backup"), "backup").body
+    conf = json.loads(backup)
+    conf["webFarms"].append(farm("second", [server(b.port)]))
+    conf["rules"].insert(0, arr_lb_rule("second", "second.local"))
+    ok(admin.put(API + "/config", conf), "PUT config")
+    assert farm_names(fg) == ["web", "second"]
+    assert ok(dp_get(fg, "/s", host="second.local"), "second.local").header("X-Backend") == "B"
+
+    before = read_bytes(fg.config_path)
+    bad = json.loads(json.dumps(conf))
+    bad["webFarms"][1]["servers"][0]["httpPort"] = 0
+    r = expect(admin.put(API + "/config", bad), 400, "a bad port")
+    assert r.json().get("path") == "$.webFarms[1].servers[0].httpPort", r.text
+    expect(admin.put(API + "/config", "{"), 400, "PUT config that is not JSON")
+    expect(admin.put(API + "/config"), 400, "PUT config without a body")
+    expect(admin.post(API + "/restore", "{"), 400, "restore of something that is not JSON")
+    assert read_bytes(fg.config_path) == before
+    expect(admin.post(API + "/config", conf), 405, "POST /config")
+
+    ok(admin.post(API + "/restore", backup.decode()), "restore the backup")
+    assert farm_names(fg) == ["web"]
+    expect(dp_get(fg, "/s", host="second.local"), 404, "second.local after the restore")
+    assert ok(admin.get(API + "/config"), "config").json() == json.loads(backup)
+
+
+def _occupied_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s, s.getsockname()[1]
+
+
+def test_change_refused_by_farmgated_is_409_and_rolled_back(env):
+    """A configuration the loader accepts but farmgated cannot apply (a new listener on a
+    port another process holds) is 409 with farmgated's error, the file put back
+    byte-identical, farmgated still running the old configuration; once the port is free
+    the same change applies."""
+    fg, m, admin, (a, b) = stack(env)
+    sock, port = _occupied_port()
+    try:
+        before = read_bytes(fg.config_path)
+        conf = json.loads(before)
+        conf["listeners"].append({"address": "127.0.0.1", "port": port})
+        conf["webFarms"].append(farm("extra", [server(b.port)]))
+        r = expect(admin.put(API + "/config", conf), 409, "a listener on a port in use")
+        assert str(port) in r.json()["error"], r.text
+        assert read_bytes(fg.config_path) == before, "the refused configuration stayed on disk"
+        assert not leftovers(os.path.dirname(fg.config_path))
+        fg.assert_alive()
+        assert farm_names(fg) == ["web"], "farmgated runs the refused configuration: %s" % farm_names(fg)
+        ok(dp_get(fg, "/after"), "the data plane after a refused change")
+        ok(admin.get(API + "/status"), "status after a refused change")
+    finally:
+        sock.close()
+    ok(admin.put(API + "/config", conf), "the same change with the port free")
+    assert farm_names(fg) == ["web", "extra"]
+    ok(http_request(port, "GET", "/p", host=HOST), "the new listener")
+
+
+def test_refused_change_keeps_the_previous_generation(env):
+    """A change farmgated refuses leaves no trace: the previous generation (<file>.prev)
+    is still the one before the last applied change, so POST /config/restore goes back
+    to it."""
+    fg, m, admin, (a, b) = stack(env)
+    gen_a = read_bytes(fg.config_path)
+    prev = fg.config_path + ".prev"
+    ok(admin.post(API + "/farms", farm("two", [server(b.port)])), "add farm two")
+    gen_b = read_bytes(fg.config_path)
+    assert read_bytes(prev) == gen_a
+    sock, port = _occupied_port()
+    try:
+        conf = json.loads(gen_b)
+        conf["listeners"].append({"address": "127.0.0.1", "port": port})
+        expect(admin.put(API + "/config", conf), 409, "a listener on a port in use")
+    finally:
+        sock.close()
+    assert read_bytes(fg.config_path) == gen_b
+    assert read_bytes(prev) == gen_a, (
+        "after a refused change <file>.prev holds %s generation instead of the one before the "
+        "last applied change" % ("the current" if read_bytes(prev) == gen_b else "another"))
+    ok(admin.post(API + "/config/restore"), "restore the previous generation")
+    assert farm_names(fg) == ["web"], farm_names(fg)
+
+
+def test_config_restore_previous_generation(env):
+    """POST /config/restore without a previous generation is 404; after a change it puts
+    <file>.prev back byte-identical and applies it (the undone change becomes .prev)."""
+    fg, m, admin, (a, b) = stack(env)
+    prev = fg.config_path + ".prev"
+    expect(admin.post(API + "/config/restore"), 404, "restore with no previous generation")
+    gen_a = read_bytes(fg.config_path)
+    ok(admin.put(API + "/farms/web", farm("web", [server(a.port, weight=7), server(b.port)])), "weight 7")
+    gen_b = read_bytes(fg.config_path)
+    assert fg.server_status("web", a.port)["weight"] == 7
+    assert read_bytes(prev) == gen_a, "the previous generation must be the file before the change"
+    assert mode_of(fg.config_path) == mode_of(prev)
+    expect(admin.get(API + "/config/restore"), 405, "GET /config/restore")
+    assert read_bytes(fg.config_path) == gen_b
+    ok(admin.post(API + "/config/restore"), "restore")
+    assert read_bytes(fg.config_path) == gen_a, "the restored file is not the previous generation"
+    assert fg.server_status("web", a.port)["weight"] == 100, "the restore was not applied"
+    assert read_bytes(prev) == gen_b
+    ok(admin.post(API + "/config/restore"), "restore again (redo)")
+    assert read_bytes(fg.config_path) == gen_b
+    assert fg.server_status("web", a.port)["weight"] == 7
+    details = [e[3] for e in m.audit_entries() if e[2] == "config"]
+    assert sum("previous" in d for d in details) == 2, details
+
+
+PROM_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+PROM_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(,|$)')
+
+
+def parse_prometheus(text):
+    """{(name, frozenset(labels.items())): value}; fails on any line that is not the
+    text format (# TYPE before a metric's first sample)."""
+    types, out = {}, {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            m = re.match(r"^# (TYPE|HELP) (\S+) ?(.*)$", line)
+            assert m, "bad comment line %r" % line
+            if m.group(1) == "TYPE":
+                assert m.group(3) in ("counter", "gauge", "histogram", "summary", "untyped"), line
+                types[m.group(2)] = m.group(3)
+            continue
+        m = PROM_SAMPLE.match(line)
+        assert m, "not a Prometheus sample: %r" % line
+        name, labels_s, value = m.groups()
+        assert name in types, "%s has no # TYPE before its samples" % name
+        labels = {}
+        rest = labels_s or ""
+        while rest:
+            lm = PROM_LABEL.match(rest)
+            assert lm, "bad labels in %r" % line
+            labels[lm.group(1)] = lm.group(2)
+            rest = rest[lm.end():]
+        out[(name, frozenset(labels.items()))] = float(value)
+    return types, out
+
+
+def test_metrics_prometheus_text_and_auth(env):
+    """/metrics: 401 with WWW-Authenticate: Basic without credentials or with a wrong
+    password; with Basic (the admin password) or a session: Prometheus text with farm and
+    server labels, request counters that count, health and availability gauges."""
+    fg, m, admin, (a, b) = stack(env)
+    anon = m.client()
+    r = expect(anon.get("/metrics"), 401, "/metrics without credentials")
+    assert re.match(r"Basic\b", r.header("WWW-Authenticate") or "", re.I), r.summary()
+    assert_no_data(r, "/metrics without credentials")
+    r = expect(anon.get("/metrics", headers=[("Authorization", anon.basic("wrong password!"))]), 401,
+               "/metrics with a wrong password")
+    assert_no_data(r, "/metrics with a wrong password")
+    for i in range(6):
+        ok(dp_get(fg, "/m%d" % i), "traffic")
+    ok(admin.post(API + "/farms/web/servers/%s/state" % sname(b.port), {"state": "DisallowNewConnections"}),
+       "drain B")
+    wait_for(lambda: fg.farm_status("web")["counters"]["totalRequests"] >= 6, msg="counters")
+
+    r = ok(anon.get("/metrics", headers=[("Authorization", anon.basic(PASSWORD, user="prometheus"))]),
+           "/metrics with Basic")
+    assert r.header("Content-Type", "").startswith("text/plain"), r.summary()
+    types, samples = parse_prometheus(r.text)
+    assert types.get("farmgate_server_requests_total") == "counter", types
+
+    def val(name, port):
+        return samples[(name, frozenset({"farm": "web", "server": sname(port)}.items()))]
+    assert val("farmgate_server_requests_total", a.port) + val("farmgate_server_requests_total", b.port) == 6, r.text
+    assert val("farmgate_server_requests_total", a.port) >= 1
+    assert val("farmgate_server_healthy", a.port) == 1
+    assert val("farmgate_server_available", a.port) == 1 and val("farmgate_server_available", b.port) == 0, r.text
+    assert all(dict(k[1]).keys() == {"farm", "server"} for k in samples), "labels other than farm/server"
+    r2 = ok(admin.get("/metrics"), "/metrics with a session")
+    assert parse_prometheus(r2.text)[1].keys() == samples.keys()
+    expect(anon.post("/metrics", headers=[("Authorization", anon.basic(PASSWORD))]), 401,
+           "POST /metrics with Basic")
+
+
+# --------------------------------------------------------------------------
+# 2. atomic persistence
+# --------------------------------------------------------------------------
+
+def _mount_tmpfs(env, size="256k"):
+    mnt = env.mkdtemp("tmpfs")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", mnt],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, "cannot mount a tmpfs (the test needs root): %s" % p.stderr
+
+    def umount():
+        subprocess.run(["mount", "-o", "remount,rw", mnt], capture_output=True, timeout=10)
+        subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10)
+    env.on_cleanup(umount)
+    return mnt
+
+
+def _fill(path, leave=0):
+    """Fills the file system of path (a new file) and frees `leave` bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    blk = b"x" * 4096
+    try:
+        while True:
+            try:
+                if os.write(fd, blk) < len(blk):
+                    break
+            except OSError as e:
+                if e.errno == 28:
+                    break
+                raise
+    finally:
+        os.close(fd)
+    if leave:
+        os.truncate(path, max(0, os.path.getsize(path) - leave))
+
+
+def test_atomic_persistence_full_and_read_only_disk(env):
+    """The configuration lives on a small tmpfs. Full disk (room for the previous
+    generation but not the new file; then no room at all) and a read-only remount: every
+    change is an error, the file is byte-identical and loadable, no temporary file is left,
+    farmgated keeps serving and reloads it. With room again the change is saved and applied,
+    the old text kept as .prev."""
+    mnt = _mount_tmpfs(env)
+    a = env.backend(name="A")
+    cfg = one_farm_config([a.port], host=HOST)
+    cfg["management"] = {"address": "127.0.0.1", "port": free_port()}
+    fg = Farmgated(env, cfg)
+    fg.config_path = os.path.join(mnt, "farmgated.json")
+    fg.start()
+    m = Mgmt(env, fg).start()
+    admin = m.setup()
+    before = read_bytes(fg.config_path)
+    filler = os.path.join(mnt, "filler")
+
+    def intact(what):
+        assert read_bytes(fg.config_path) == before, "%s: the file changed" % what
+        assert not leftovers(mnt), "%s left %s" % (what, leftovers(mnt))
+        p = env.cli("-t", "-c", fg.config_path)
+        assert p.returncode == 0, "%s: the file does not load: %s" % (what, p.output)
+        fg.assert_alive()
+        assert fg.control({"op": "reload"}).get("ok") is True
+        ok(dp_get(fg, "/x"), "the data plane after " + what)
+
+    big = json.loads(before)
+    big["webFarms"][0]["servers"][0]["weight"] = 3
+    padded = json.dumps(big, indent=2) + " " * 48000  # JSON allows trailing white space
+    _fill(filler, leave=8192)  # room for the previous generation, not for 48 KB
+    r = admin.put(API + "/config", padded)
+    assert r.status >= 500, "a save on a full disk must fail: " + r.summary()
+    assert "space" in r.json()["error"].lower(), r.text
+    intact("a full disk (new file)")
+    assert fg.server_status("web", a.port)["weight"] == 100
+
+    os.unlink(filler)
+    _fill(filler)  # no room at all
+    r = admin.put(API + "/farms/web", farm("web", [server(a.port, weight=4)]))
+    assert r.status >= 500, "a save on a full disk must fail: " + r.summary()
+    intact("a full disk (previous generation)")
+
+    os.unlink(filler)
+    p = subprocess.run(["mount", "-o", "remount,ro", mnt], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    r = admin.put(API + "/farms/web", farm("web", [server(a.port, weight=5)]))
+    assert r.status >= 500, "a save on a read-only file system must fail: " + r.summary()
+    assert read_bytes(fg.config_path) == before
+    p = subprocess.run(["mount", "-o", "remount,rw", mnt], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    intact("a read-only file system")
+
+    ok(admin.put(API + "/config", padded), "the same change with room")
+    assert read_bytes(fg.config_path) == padded.encode()
+    assert read_bytes(fg.config_path + ".prev") == before
+    assert not leftovers(mnt), leftovers(mnt)
+    assert fg.server_status("web", a.port)["weight"] == 3
+
+
+def test_concurrent_edits_are_all_kept_and_never_torn(env):
+    """Eight farms added at once by eight clients: every one is answered 200 and every one
+    is in the file and running (no lost update); meanwhile a reader never sees a partial
+    file."""
+    fg, m, admin, (a, b) = stack(env)
+    stop = threading.Event()
+    torn = []
+    reads = [0]
+
+    def reader():
+        while not stop.is_set():
+            data = read_bytes(fg.config_path)
+            try:
+                json.loads(data)
+            except ValueError:
+                torn.append(data)
+            reads[0] += 1
+    rt = threading.Thread(target=reader)
+    rt.start()
+    results = {}
+
+    def add(i):
+        results[i] = admin.post(API + "/farms", farm("f%d" % i, [server(a.port)]))
+    ts = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    try:
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+    finally:
+        stop.set()
+        rt.join(10)
+    assert not torn, "a reader saw a partial file: %r" % torn[0][:200]
+    assert reads[0] > 0
+    bad = {i: r.summary() for i, r in results.items() if r.status != 200}
+    assert len(results) == 8 and not bad, bad
+    want = {"f%d" % i for i in range(8)}
+    on_disk = {f["name"] for f in json.loads(read_bytes(fg.config_path))["webFarms"]}
+    assert want <= on_disk, "edits lost on disk: %s (all answered 200)" % sorted(want - on_disk)
+    running = set(farm_names(fg))
+    assert want <= running, "edits lost in farmgated: %s" % sorted(want - running)
+
+
+# --------------------------------------------------------------------------
+# 3. security
+# --------------------------------------------------------------------------
+
+def _routes(port):
+    s = sname(port)
+    return [
+        ("GET", "/api/v1/status", None), ("GET", "/api/v1/config", None),
+        ("PUT", "/api/v1/config", {"listeners": []}), ("GET", "/api/v1/backup", None),
+        ("POST", "/api/v1/restore", {"listeners": []}), ("POST", "/api/v1/config/restore", None),
+        ("GET", "/api/v1/config/previous", None), ("GET", "/api/v1/farms", None),
+        ("POST", "/api/v1/farms", farm("x", [])), ("GET", "/api/v1/farms/web", None),
+        ("PUT", "/api/v1/farms/web", farm("web", [])), ("DELETE", "/api/v1/farms/web", None),
+        ("POST", "/api/v1/farms/web/state", {"state": "Offline"}),
+        ("POST", "/api/v1/farms/web/verify", None), ("POST", "/api/v1/farms/web/reset", None),
+        ("POST", "/api/v1/farms/web/servers/%s/state" % s, {"state": "UnavailableImmediately"}),
+        ("GET", "/api/v1/rules", None), ("PUT", "/api/v1/rules", []),
+        ("POST", "/api/v1/rules/test", {"url": "/", "host": HOST}), ("GET", "/api/v1/audit", None),
+        ("GET", "/api/v1/system", None), ("GET", "/metrics", None), ("HEAD", "/api/v1/status", None),
+        ("POST", "/api/v1/auth/logout", None), ("POST", "/api/v1/auth/password",
+                                                {"current": PASSWORD, "password": "x" * 12}),
+        ("GET", "/api/v1/tokens", None), ("GET", "/api/v1/logs", None),
+        ("OPTIONS", "/api/v1/status", None), ("TRACE", "/api/v1/status", None),
+    ]
+
+
+def _variants(rest):
+    """Spellings of /api/v1/<rest> that a path-normalising proxy or server might
+    route to it."""
+    up = rest.upper()
+    return [
+        "/api/v1/x/..;/" + rest, "/api/v1/..;/v1/" + rest, "/api/v1/%2e%2e/v1/" + rest,
+        "/api/v1/%2E%2E/v1/" + rest, "/api/v1/%252e%252e/v1/" + rest, "/api/%2e/v1/" + rest,
+        "//api/v1/" + rest, "/api//v1/" + rest, "/api/v1//" + rest, "/./api/v1/" + rest,
+        "/api/v1/./" + rest, "/api/v1/" + rest + "%00", "/api/v1/" + rest + "%2500",
+        "/API/V1/" + up, "/Api/v1/" + rest, "/api/v1/" + rest + "/", "/api/v1/" + rest + ";",
+        "/api/v1/" + rest + ";jsessionid=1", "/api/v1/" + rest + "%20", "/api/v1/" + rest + "\\",
+        "/%61pi/v1/" + rest, "/api%2fv1%2f" + rest, "/index.html/../api/v1/" + rest,
+        "/app.js/..%2fapi/v1/" + rest, "/api/v1/auth/../" + rest, "/api/v1/auth/state/../../" + rest,
+        "/api/v1/auth/login/..;/..;/" + rest, "/api/v1/auth/state/%2e%2e/%2e%2e/" + rest,
+        "/api/v1/auth/state%2f..%2f" + rest, "/favicon.svg/../api/v1/" + rest,
+    ]
+
+
+def test_every_route_unauthenticated_is_401(env):
+    """Without a session every route (and every spelling of a few: ..;/, %2e%2e/, //, /./,
+    double encoding, %00, upper case, trailing / ; %20, asset prefixes) is 401 with no data
+    -- with or without CSRF headers, with forged cookies, with identity headers a proxy
+    might set, with Basic credentials on the API. Nothing changed afterwards."""
+    fg, m, admin, (a, b) = stack(env)
+    ok(admin.get(API + "/status"), "status with the session")
+    before = read_bytes(fg.config_path)
+    anon = m.client()
+    anon.csrf = admin.csrf  # even the right CSRF token is worth nothing without the cookie
+    for method, path, body in _routes(a.port):
+        r = anon.request(method, path, body)
+        assert r.status == 401, "%s %s without a session: %s" % (method, path, r.summary())
+        assert_no_data(r, "%s %s" % (method, path))
+    for target in ("status", "config", "audit", "backup", "farms", "farms/web"):
+        for p in _variants(target):
+            r = anon.get(p)
+            assert r.status == 401, "GET %s without a session: %s" % (p, r.summary())
+            assert_no_data(r, "GET " + p)
+    for p in _variants("farms/web/state") + _variants("farms/web/servers/%s/state" % sname(a.port)):
+        r = anon.post(p, {"state": "Offline"})
+        assert r.status == 401, "POST %s without a session: %s" % (p, r.summary())
+    for p in ("/metrics/", "/METRICS", "//metrics", "/./metrics", "/api/v1/../../metrics", "/metrics%00",
+              "/metrics;x"):
+        r = anon.get(p)
+        assert r.status == 401, "GET %s without credentials: %s" % (p, r.summary())
+        assert_no_data(r, "GET " + p)
+    r = anon.get("https://%s:%d/api/v1/status" % (m.host, m.port))
+    assert r.status in (400, 401), "absolute-form target: " + r.summary()
+    assert_no_data(r, "absolute-form target")
+
+    sid = admin.sid
+    forged = ["__Host-fgsid=" + "0" * 32, "__Host-fgsid=" + sid[:-1], "__Host-fgsid=" + sid + "0",
+              "__Host-fgsid=" + sid.upper(), "fgsid=" + sid, "__host-fgsid=" + sid,
+              "x__Host-fgsid=" + sid, "__Host-fgsid=" + admin.csrf]
+    for c in forged:
+        r = anon.get(API + "/status", cookie=c)
+        assert r.status == 401, "a forged cookie %r was accepted: %s" % (c, r.summary())
+    idhdrs = [("X-Forwarded-For", "127.0.0.1"), ("Forwarded", "for=127.0.0.1;proto=https"),
+              ("X-Real-IP", "127.0.0.1"), ("X-Remote-User", "admin"), ("Remote-User", "admin"),
+              ("X-Forwarded-User", "admin"), ("X-Authenticated-User", "admin"),
+              ("Authorization", "Bearer " + sid), ("Authorization", anon.basic(PASSWORD)),
+              ("X-CSRF-Token", admin.csrf), ("X-Session", sid)]
+    for h in idhdrs:
+        r = anon.get(API + "/status", headers=[h])
+        assert r.status == 401, "%s: %s gave access: %s" % (h[0], h[1], r.summary())
+        assert_no_data(r, "%s header" % h[0])
+    r = anon.get(API + "/status", headers=idhdrs[:8])
+    assert r.status == 401, r.summary()
+
+    assert read_bytes(fg.config_path) == before, "an unauthenticated request changed the file"
+    f = fg.farm_status("web")
+    assert f["state"] == "Online" and all(s["state"] == "Available" for s in f["servers"]), f
+    ok(admin.get(API + "/status"), "the session still works")
+
+
+def test_csrf_origin_and_fetch_site_on_state_changes(env):
+    """State changes with a session but no X-CSRF-Token, a wrong one or another session's,
+    a foreign / http / null Origin, neither Origin nor Sec-Fetch-Site, or Sec-Fetch-Site
+    cross-site / same-site are 403 and change nothing; the right token with our Origin, or
+    with Sec-Fetch-Site: same-origin alone, is accepted. Login and setup refuse foreign
+    origins too."""
+    fg, m, admin, (a, b) = stack(env)
+    other = m.login()
+    ours = m.origin
+    before = read_bytes(fg.config_path)
+    changes = [
+        ("POST", API + "/farms/web/state", {"state": "Offline"}),
+        ("POST", API + "/farms/web/servers/%s/state" % sname(a.port), {"state": "UnavailableImmediately"}),
+        ("POST", API + "/farms/web/reset", None),
+        ("POST", API + "/farms", farm("evil", [server(a.port)])),
+        ("PUT", API + "/farms/web", farm("web", [server(a.port)])),
+        ("DELETE", API + "/farms/web", None),
+        ("PUT", API + "/rules", []),
+        ("PUT", API + "/config", json.loads(before)),
+        ("POST", API + "/restore", json.loads(before)),
+        ("POST", API + "/config/restore", None),
+        ("POST", API + "/auth/password", {"current": PASSWORD, "password": "evil password 123"}),
+        ("POST", API + "/auth/logout", None),
+    ]
+    bad = [
+        ("no token", dict(csrf=False)),
+        ("a wrong token", dict(csrf="0" * 32)),
+        ("another session's token", dict(csrf=other.csrf)),
+        ("the token in upper case", dict(csrf=admin.csrf.upper())),
+        ("a truncated token", dict(csrf=admin.csrf[:31])),
+        ("a foreign Origin", dict(origin="https://evil.example")),
+        ("an http Origin", dict(origin=ours.replace("https:", "http:"))),
+        ("Origin null", dict(origin="null")),
+        ("an Origin with a suffix", dict(origin=ours + ".evil.example")),
+        ("an Origin on another port", dict(origin="https://127.0.0.1:1")),
+        ("neither Origin nor Sec-Fetch-Site", dict(origin=False)),
+        ("Sec-Fetch-Site: cross-site", dict(headers=[("Sec-Fetch-Site", "cross-site")])),
+        ("Sec-Fetch-Site: same-site", dict(headers=[("Sec-Fetch-Site", "same-site")])),
+        ("Sec-Fetch-Site: cross-site without Origin",
+         dict(origin=False, headers=[("Sec-Fetch-Site", "cross-site")])),
+        ("Sec-Fetch-Site: none", dict(origin=False, headers=[("Sec-Fetch-Site", "none")])),
+    ]
+    for method, path, body in changes:
+        for what, kw in bad:
+            r = admin.request(method, path, body, **kw)
+            assert r.status == 403, "%s %s with %s: %s" % (method, path, what, r.summary())
+            assert not r.header_all("Set-Cookie"), r.summary()
+    assert read_bytes(fg.config_path) == before, "a refused request changed the file"
+    f = fg.farm_status("web")
+    assert f["state"] == "Online" and all(s["state"] == "Available" for s in f["servers"]), f
+    ok(admin.get(API + "/status"), "the session survived (logout was refused)")
+    ok(m.login(PASSWORD).get(API + "/status"), "the password was not changed")
+
+    ok(admin.post(API + "/farms/web/state", {"state": "Offline"}), "the right token and Origin")
+    assert fg.farm_status("web")["state"] == "Offline"
+    ok(admin.post(API + "/farms/web/state", {"state": "Online"}, origin=False,
+                  headers=[("Sec-Fetch-Site", "same-origin")]), "the right token and Sec-Fetch-Site: same-origin")
+    assert fg.farm_status("web")["state"] == "Online"
+
+    for what, kw in (("a foreign Origin", dict(origin="https://evil.example")),
+                     ("Sec-Fetch-Site: cross-site", dict(headers=[("Sec-Fetch-Site", "cross-site")])),
+                     ("Sec-Fetch-Site: same-site", dict(headers=[("Sec-Fetch-Site", "same-site")]))):
+        c = m.client()
+        r = c.login(PASSWORD, **kw)
+        assert r.status == 403, "login with %s: %s" % (what, r.summary())
+        assert not c.sid, "login with %s set a cookie" % what
+        r = c.post(API + "/auth/setup", {"setupCode": "0000-0000-0000", "password": "x" * 12}, **kw)
+        assert r.status == 403, "setup with %s: %s" % (what, r.summary())
+
+
+def test_get_never_changes_state(env):
+    """GET and HEAD on every state-changing route are refused (405, or 404 where no GET
+    route exists) and change nothing: server and farm states, counters, the session, the
+    file."""
+    fg, m, admin, (a, b) = stack(env)
+    for i in range(3):
+        ok(dp_get(fg, "/t%d" % i), "traffic")
+    wait_for(lambda: fg.farm_status("web")["counters"]["totalRequests"] >= 3, msg="counters")
+    before = read_bytes(fg.config_path)
+    s = sname(a.port)
+    must_405 = [API + "/farms/web/state", API + "/farms/web/verify", API + "/farms/web/reset",
+                API + "/farms/web/servers/%s/state" % s, API + "/auth/logout", API + "/auth/password",
+                API + "/auth/setup", API + "/auth/login", API + "/config/restore", API + "/restore"]
+    for method in ("GET", "HEAD"):
+        for path in must_405:
+            for q in ("", "?state=Offline"):
+                r = admin.request(method, path + q)
+                assert r.status == 405, "%s %s: %s" % (method, path + q, r.summary())
+        r = admin.request(method, API + "/rules/test?url=/&host=" + HOST)
+        assert r.status in (404, 405), r.summary()
+    f = fg.farm_status("web")
+    assert f["state"] == "Online" and all(x["state"] == "Available" for x in f["servers"]), f
+    assert f["counters"]["totalRequests"] >= 3, "a GET reset the counters: %s" % f["counters"]
+    assert read_bytes(fg.config_path) == before
+    ok(admin.get(API + "/status"), "the session after GET /auth/logout")
+
+
+def _cookie_attrs(v):
+    parts = [p.strip() for p in v.split(";")]
+    name, _, value = parts[0].partition("=")
+    attrs = {}
+    for p in parts[1:]:
+        k, _, val = p.partition("=")
+        attrs[k.lower()] = val
+    return name, value, attrs
+
+
+def test_session_cookie_flags_rotation_and_logout(env):
+    """The session cookie: __Host-fgsid, 128 random bits, Secure, HttpOnly, SameSite=Strict,
+    Path=/, no Domain; a new id at every login, the old one dead; distinct CSRF tokens;
+    logout clears the cookie and kills the session (and is not replayable)."""
+    fg, m, admin, (a, b) = stack(env)
+    c = m.client()
+    r = ok(c.login(PASSWORD), "login")
+    cookies = r.header_all("Set-Cookie")
+    assert len(cookies) == 1, r.summary()
+    name, value, attrs = _cookie_attrs(cookies[0])
+    assert name == "__Host-fgsid" and re.fullmatch(r"[0-9a-f]{32}", value), cookies
+    assert "secure" in attrs and "httponly" in attrs, cookies
+    assert attrs.get("samesite", "").lower() == "strict" and attrs.get("path") == "/", cookies
+    assert "domain" not in attrs, cookies
+    first_sid, first_csrf = c.sid, c.csrf
+    ok(c.get(API + "/status"), "status with the first session")
+
+    r = ok(c.login(PASSWORD), "login again with the first session's cookie")
+    assert c.sid != first_sid and c.csrf != first_csrf, "the session was not rotated at login"
+    expect(c.get(API + "/status", cookie="__Host-fgsid=" + first_sid), 401, "the pre-login session")
+    ok(c.get(API + "/status"), "status with the rotated session")
+    ids = {c.sid, first_sid, admin.sid}
+    csrfs = {c.csrf, first_csrf, admin.csrf}
+    for _ in range(3):
+        x = m.login()
+        ids.add(x.sid)
+        csrfs.add(x.csrf)
+    assert len(ids) == 6 and len(csrfs) == 6, "session ids / CSRF tokens repeat"
+
+    sid = c.sid
+    r = ok(c.post(API + "/auth/logout"), "logout")
+    cleared = [v for v in r.header_all("Set-Cookie") if v.startswith("__Host-fgsid=")]
+    assert cleared, "logout must clear the cookie: " + r.summary()
+    n, v, at = _cookie_attrs(cleared[0])
+    assert at.get("max-age") == "0" and "secure" in at and at.get("path") == "/", cleared
+    expect(c.get(API + "/status", cookie="__Host-fgsid=" + sid), 401, "the logged-out session")
+    st = ok(c.get(API + "/auth/state", cookie="__Host-fgsid=" + sid), "auth state").json()
+    assert st["loggedIn"] is False and "csrfToken" not in st, st
+    r = c.post(API + "/auth/logout", cookie="__Host-fgsid=" + sid)
+    expect(r, 401, "logout replayed")
+    ok(admin.get(API + "/status"), "another session survives someone's logout")
+
+
+def test_password_change_drops_every_session(env):
+    """POST /auth/password: a wrong current password or a short new one is 400 and keeps
+    the sessions; a good change closes every session (old cookies 401), the old password
+    stops working and the new one works."""
+    fg, m, admin, (a, b) = stack(env)
+    s2 = m.login()
+    new = "a brand new passphrase"
+    expect(admin.post(API + "/auth/password", {"current": "not it at all", "password": new}), 400,
+           "a wrong current password")
+    expect(admin.post(API + "/auth/password", {"current": PASSWORD, "password": "short"}), 400,
+           "a short new password")
+    expect(admin.post(API + "/auth/password", {"password": new}), 400, "no current password")
+    ok(admin.get(API + "/status"), "the session after refused changes")
+    ok(s2.get(API + "/status"), "the other session after refused changes")
+    old = {"the changing session": admin.sid, "another session": s2.sid}
+    r = ok(admin.post(API + "/auth/password", {"current": PASSWORD, "password": new}), "password change")
+    assert any(re.match(r"__Host-fgsid=;.*Max-Age=0", v) for v in r.header_all("Set-Cookie")), r.summary()
+    for what, sid in old.items():
+        expect(m.client().get(API + "/status", cookie="__Host-fgsid=" + sid), 401, what + " after the change")
+    expect(m.client().login(PASSWORD), 401, "the old password")
+    ok(m.login(new).get(API + "/status"), "the new password")
+    ok(m.client().get("/metrics", headers=[("Authorization", m.client().basic(new))]), "/metrics with the new password")
+    expect(m.client().get("/metrics", headers=[("Authorization", m.client().basic(PASSWORD))]), 401,
+           "/metrics with the old password")
+
+
+def test_login_throttling_per_client_address(env):
+    """Five wrong passwords, then 429 with Retry-After (and the security headers); while
+    throttled the right password is refused too, whatever X-Forwarded-For / Forwarded /
+    X-Real-IP say; another source address is not throttled (even claiming to be the
+    throttled one); after Retry-After the right password works. The audit log names the
+    real address, never a header's."""
+    fg, m, admin, (a, b) = stack(env)
+    c = m.client()
+    spoof = [("X-Forwarded-For", "203.0.113.7"), ("Forwarded", "for=203.0.113.8"),
+             ("X-Real-IP", "203.0.113.9")]
+    statuses = [c.login("wrong password %d" % i, headers=[spoof[i % 3]]).status for i in range(5)]
+    assert statuses == [401] * 5, "the first five wrong passwords: %s" % statuses
+    seen, r429 = first_throttle(lambda: c.login("wrong again"))
+    assert r429 is not None and seen.index(429) <= 1, "no 429 after five wrong passwords: %s" % seen
+    ra = r429.header("Retry-After") or ""
+    assert ra.isdigit() and 1 <= int(ra) <= 900, r429.summary()
+    assert_security_headers(r429, "429")
+    assert not r429.header_all("Set-Cookie")
+
+    lengthen_throttle(lambda: c.login("wrong once more"))
+    r = c.login(PASSWORD)
+    assert r.status == 429 and not c.sid, "the right password while throttled: " + r.summary()
+    for h in spoof + [("X-Forwarded-For", "127.0.0.2"), ("X-Forwarded-For", "203.0.113.1, 127.0.0.2")]:
+        r = m.client().login(PASSWORD, headers=[h])
+        assert r.status == 429, "%s: %s lifted the throttling: %s" % (h[0], h[1], r.summary())
+    other = m.client(source="127.0.0.2")
+    r = other.login(PASSWORD, headers=[("X-Forwarded-For", "127.0.0.1")])
+    assert r.status == 200, "another client address must not be throttled: " + r.summary()
+    wait = int(c.login(PASSWORD).header("Retry-After") or "0")
+    time.sleep(wait + 0.2)
+    wait_for(lambda: c.login(PASSWORD).status == 200, timeout=5, interval=0.3, msg="login after Retry-After")
+    ok(c.get(API + "/status"), "status after a throttled period")
+    # a success starts the count again
+    for i in range(4):
+        expect(m.client().login("wrong after success %d" % i), 401, "a wrong password after a success")
+
+    fails = [e for e in m.audit_entries() if e[2] == "login-failed"]
+    assert len(fails) >= 10, fails
+    assert {e[1] for e in fails} == {"127.0.0.1"}, "failed logins with another address: %s" % fails
+    assert not any("203.0.113" in "\t".join(e) for e in m.audit_entries()), "a header's address reached the audit log"
+    assert any(e[2] == "login" and e[1] == "127.0.0.2" for e in m.audit_entries())
+
+
+def test_throttling_not_reset_by_setup_calls(env):
+    """Once the password is set, a POST /auth/setup (refused) must not wipe the client's
+    failed-login count: otherwise four guesses + one setup call, repeated, is unlimited
+    guessing."""
+    fg, m, admin, (a, b) = stack(env)
+    c = m.client()
+    for i in range(4):
+        expect(c.login("guess %d" % i), 401, "guess %d" % i)
+    r = c.post(API + "/auth/setup", {"setupCode": "0000-0000-0000", "password": "attacker password"})
+    assert r.status in (400, 403), r.summary()
+    seen, r429 = first_throttle(lambda: c.login("guess 4"), n=3)
+    assert r429 is not None, (
+        "after 4 wrong passwords, a refused POST /auth/setup and %d more wrong passwords the "
+        "client is still not throttled (%s): the setup call reset the failure count" % (len(seen), seen))
+
+
+def test_metrics_basic_auth_is_throttled(env):
+    """Basic credentials on /metrics check the same admin password: wrong ones must count
+    toward the login throttling, or /metrics is an unthrottled password oracle."""
+    fg, m, admin, (a, b) = stack(env)
+    c = m.client()
+    seen = [c.get("/metrics", headers=[("Authorization", c.basic("guess %d" % i))]).status for i in range(8)]
+    login = c.login(PASSWORD)
+    assert 429 in seen or login.status == 429, (
+        "8 wrong passwords on /metrics (Basic) in a row were never throttled (%s); a login "
+        "right after them: %d" % (seen, login.status))
+
+
+def test_security_headers_on_every_answer(env):
+    """CSP (scripts from 'self' only, no unsafe-inline, frame-ancestors 'none'), nosniff,
+    no-referrer and HSTS on assets, API answers and every error (400, 401, 403, 404, 405,
+    411, 413, malformed requests); API answers are no-store."""
+    fg, m, admin, (a, b) = stack(env)
+    anon = m.client()
+    answers = [
+        ("GET /", anon.get("/"), 200),
+        ("GET /index.html", anon.get("/index.html"), 200),
+        ("HEAD /", anon.request("HEAD", "/"), 200),
+        ("auth state", anon.get(API + "/auth/state"), 200),
+        ("status", admin.get(API + "/status"), 200),
+        ("unauthenticated", anon.get(API + "/status"), 401),
+        ("unauthenticated metrics", anon.get("/metrics"), 401),
+        ("no CSRF token", admin.post(API + "/farms/web/reset", csrf=False), 403),
+        ("unknown route", admin.get(API + "/nope"), 404),
+        ("wrong method", admin.get(API + "/farms/web/state"), 405),
+        ("bad JSON", admin.put(API + "/rules", "[1,"), 400),
+        ("validation error", admin.put(API + "/farms/web", farm("web", [server(0)])), 400),
+        ("wrong setup", anon.post(API + "/auth/setup", {"setupCode": "x", "password": "y" * 12}), 400),
+        ("malformed request", anon.raw(b"GARBAGE\r\n\r\n"), 400),
+        ("chunked body", anon.raw(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 411),
+        ("huge body", anon.raw(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Length: 100000000\r\n\r\n"), 413),
+    ]
+    for what, r, status in answers:
+        assert r.status == status, "%s: expected %d: %s" % (what, status, r.summary())
+        assert_security_headers(r, what)
+        if r.header("Content-Type", "").startswith("application/json"):
+            assert "no-store" in (r.header("Cache-Control") or ""), "%s: %s" % (what, r.summary(900))
+    # no CORS: another origin never gets to read an answer (the CSRF token of auth/state)
+    for r in (admin.get(API + "/auth/state", headers=[("Origin", "https://evil.example")]),
+              admin.request("OPTIONS", API + "/status", origin="https://evil.example",
+                            headers=[("Access-Control-Request-Method", "GET")])):
+        assert not [k for k, _ in r.headers if k.lower().startswith("access-control-")], r.summary(900)
+    assert "text/html" in answers[0][1].header("Content-Type", "")
+    for attrs in re.findall(rb"<script\b([^>]*)>", answers[0][1].body, re.I):
+        assert b"src=" in attrs, "an inline script in index.html (the CSP forbids it): %r" % attrs
+
+
+def test_management_not_served_on_data_plane(env):
+    """A data-plane listener never answers as the management plane, whatever the Host
+    header (the management host:port, localhost) or path: the data plane's own routing
+    (404 without a rule, the backend with one). The configuration refuses a data listener
+    on the management port; the management port speaks only TLS."""
+    fg, m, admin, (a, b) = stack(env)
+    ui = ok(admin.get("/"), "the UI").body
+    hosts = ["%s:%d" % (m.host, m.port), "localhost:%d" % m.port, "127.0.0.1", "localhost"]
+    for h in hosts:
+        for p in ("/", "/index.html", API + "/auth/state", API + "/status", "/metrics"):
+            r = http_request(fg.port, "GET", p, host=h)
+            assert r.status == 404, "data plane, Host %s, %s: %s" % (h, p, r.summary())
+            assert b"passwordSet" not in r.body and r.body != ui and b"farmgate_server" not in r.body
+        r = http_request(fg.port, "POST", API + "/auth/login", host=h,
+                         headers=[("Content-Type", "application/json"), ("Origin", m.origin)],
+                         body=json.dumps({"password": PASSWORD}).encode())
+        assert r.status == 404 and not r.header_all("Set-Cookie"), r.summary()
+    r = http_request(fg.port, "GET", API + "/auth/state", host=HOST)
+    assert r.status == 200 and r.header("X-Backend") in ("A", "B"), "Host web.local goes to the farm: " + r.summary()
+    assert b"passwordSet" not in r.body
+
+    before = read_bytes(fg.config_path)
+    conf = json.loads(before)
+    conf["listeners"].append({"address": "127.0.0.1", "port": m.port})
+    r = expect(admin.put(API + "/config", conf), 400, "a data listener on the management port")
+    assert (r.json().get("path") or "").startswith("$.management"), r.text
+    conf["listeners"][-1]["address"] = "0.0.0.0"
+    r = expect(admin.put(API + "/config", conf), 400, "a wildcard data listener on the management port")
+    assert read_bytes(fg.config_path) == before
+    bad = json.loads(before)
+    bad["listeners"][0]["port"] = m.port
+    p = env.cli("-t", "-c", env.write_json("same-port.json", bad))
+    assert p.returncode != 0 and "$.management" in p.output, p.output
+
+    got = raw_request(m.port, b"GET /api/v1/auth/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", read_timeout=3)
+    assert not got.startswith(b"HTTP/") and b"passwordSet" not in got, "plain HTTP was answered: %r" % got[:200]
+
+
+# --------------------------------------------------------------------------
+# 4. the audit log
+# --------------------------------------------------------------------------
+
+def test_audit_log_records_who_did_what(env):
+    """setup, login, failed logins (with the client's real address), config changes (and
+    refused ones), server and farm state changes, counter resets, logout and password change
+    are in GET /audit in order with an ISO time and the client IP; the file is 0600, one
+    line per event even when a value holds control characters."""
+    fg, m, admin, (a, b) = stack(env)
+    expect(m.client().login("wrong one"), 401, "a wrong password")
+    expect(m.client(source="127.0.0.2").login("wrong two"), 401, "a wrong password from 127.0.0.2")
+    c = m.login()
+    ok(c.post(API + "/farms", farm("audited", [server(b.port)])), "add a farm")
+    expect(c.put(API + "/farms/web", farm("web", [server(a.port, weight=-3)])), 400, "a refused change")
+    ok(c.post(API + "/farms/web/servers/%s/state" % sname(a.port), {"state": "DisallowNewConnections"}), "drain")
+    ok(c.post(API + "/farms/web/state", {"state": "Offline"}), "offline")
+    ok(c.post(API + "/farms/web/state", {"state": "Online"}), "online")
+    ok(c.post(API + "/farms/web/reset"), "reset")
+    c.post(API + "/farms/web/state", {"state": "Offline\n2099-01-01T00:00:00Z\t6.6.6.6\tlogin\t"})
+    ok(c.post(API + "/auth/logout"), "logout")
+    ok(admin.post(API + "/auth/password", {"current": PASSWORD, "password": "another fine passphrase"}),
+       "password change")
+    viewer = m.login("another fine passphrase")
+    entries = ok(viewer.get(API + "/audit"), "audit").json()["entries"]
+    want = [("password-setup", "127.0.0.1", ""), ("login-failed", "127.0.0.1", ""),
+            ("login-failed", "127.0.0.2", ""), ("login", "127.0.0.1", ""),
+            ("config", "127.0.0.1", "audited"), ("config-refused", "127.0.0.1", "weight"),
+            ("server-state", "127.0.0.1", "DisallowNewConnections"),
+            ("farm-state", "127.0.0.1", "Offline"), ("farm-state", "127.0.0.1", "Online"),
+            ("farm-reset", "127.0.0.1", "web"), ("logout", "127.0.0.1", ""),
+            ("password-change", "127.0.0.1", ""), ("login", "127.0.0.1", "")]
+    i = 0
+    for e in entries:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e["time"]), e
+        assert e["ip"] in ("127.0.0.1", "127.0.0.2"), "an entry with a forged address: %s" % e
+        if i < len(want) and e["action"] == want[i][0] and e["ip"] == want[i][1] and want[i][2] in e["detail"]:
+            i += 1
+    assert i == len(want), "missing or out of order from %s: %s\nin %s" % (
+        want[i], want[i:], json.dumps(entries, indent=1))
+    sstate = [e for e in entries if e["action"] == "server-state"][0]
+    assert sname(a.port) in sstate["detail"] and "web" in sstate["detail"], sstate
+    p = os.path.join(m.data_dir, "audit.log")
+    assert mode_of(p) == 0o600, "audit.log mode %o" % mode_of(p)
+    lines = read_bytes(p).decode().split("\n")
+    assert lines[-1] == ""
+    for line in lines[:-1]:
+        f = line.split("\t")
+        assert len(f) >= 4 and f[1] in ("127.0.0.1", "127.0.0.2"), "a forged or torn audit line: %r" % line
+    assert len(lines) - 1 == len(entries), "GET /audit and the file disagree"
+    assert len(entries) == len(m.audit_entries())
