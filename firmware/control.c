@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "cfg.h"
@@ -22,6 +23,7 @@
 #include "p11.h"
 #include "signer.h"
 #include "tls.h"
+#include "tokenops.h"
 #include "health.h"
 #include "json.h"
 #include "lb.h"
@@ -49,7 +51,8 @@ struct ctl_conn {
 	size_t out_off;
 	int replying;
 	struct verify *verify;
-	char farm[256]; /* the farm a verify runs on */
+	char farm[256]; /* the farm a verify runs on, or the token of a token op */
+	char in_op[32]; /* the op running asynchronously */
 	/* a token operation running on the token's signer thread */
 	struct signer_job *job;
 	struct signer *job_signer;
@@ -372,7 +375,11 @@ static void verify_done(void *arg)
 /* ---- token operations (on the token's signer thread) ------------------------ */
 
 struct token_job {
-	char err[256];
+	char err[512];
+	int kind;	     /* keygen: enum p11_key_kind */
+	char label[128];     /* keygen, import: the label */
+	char *subject, *san; /* csr */
+	char *pem;	     /* import: the certificate */
 	struct sbuf_lite {
 		char *p;
 		size_t len, cap;
@@ -384,6 +391,9 @@ static void tj_free(void *arg)
 	struct token_job *j = arg;
 
 	free(j->out.p);
+	free(j->subject);
+	free(j->san);
+	free(j->pem);
 	free(j);
 }
 
@@ -566,6 +576,102 @@ static void token_describe_done(struct ctl_conn *c, void *arg, int rc)
 	jb_lit(&c->out, "}\n");
 }
 
+/* keygen, csr and import: the operator's token operations (hsm/tokenops) */
+static int token_keygen(struct p11_token *t, void *arg)
+{
+	struct token_job *j = arg;
+	unsigned char id[128];
+	size_t n = 0;
+	char hex[257];
+
+	if (tokop_keygen(t, (enum p11_key_kind)j->kind, j->label, NULL, 0, id, &n, j->err,
+			 sizeof(j->err)))
+		return -1;
+	tj_put(j, "\"id\":", 5);
+	tj_str(j, p11_hex_lower(id, n, hex));
+	tj_put(j, ",\"label\":", 9);
+	tj_str(j, j->label);
+	return 0;
+}
+
+static int token_csr(struct p11_token *t, void *arg)
+{
+	struct token_job *j = arg;
+	X509_REQ *req = tokop_csr(t, NULL, 0, j->label, j->subject, j->san, j->err, sizeof(j->err));
+	BIO *b;
+	char *pem;
+	long n;
+
+	if (!req)
+		return -1;
+	b = BIO_new(BIO_s_mem());
+	if (!b || !PEM_write_bio_X509_REQ(b, req)) {
+		snprintf(j->err, sizeof(j->err), "out of memory");
+		BIO_free(b);
+		X509_REQ_free(req);
+		return -1;
+	}
+	n = BIO_get_mem_data(b, &pem);
+	tj_put(j, "\"csr\":", 6);
+	{
+		char *z = strndup(pem, (size_t)n);
+
+		if (z)
+			tj_str(j, z);
+		free(z);
+	}
+	BIO_free(b);
+	X509_REQ_free(req);
+	return 0;
+}
+
+static int token_import(struct p11_token *t, void *arg)
+{
+	struct token_job *j = arg;
+	X509 *x = tokop_parse_cert((const unsigned char *)j->pem, strlen(j->pem));
+	unsigned char d[32];
+	char label[128], hex[65];
+	int rc;
+
+	if (!x) {
+		snprintf(j->err, sizeof(j->err), "not a PEM or DER X.509 certificate");
+		return -1;
+	}
+	rc = tokop_import_cert(t, x, j->label[0] ? j->label : NULL, 0, label, j->err,
+			       sizeof(j->err));
+	if (!rc) {
+		tj_put(j, "\"label\":", 8);
+		tj_str(j, label);
+		X509_digest(x, EVP_sha1(), d, NULL);
+		tj_put(j, ",\"sha1\":", 8);
+		tj_str(j, p11_hex_upper(d, 20, hex));
+		X509_digest(x, EVP_sha256(), d, NULL);
+		tj_put(j, ",\"sha256\":", 10);
+		tj_str(j, p11_hex_upper(d, 32, hex));
+	}
+	X509_free(x);
+	return rc;
+}
+
+static void token_op_done(struct ctl_conn *c, void *arg, int rc)
+{
+	struct token_job *j = arg;
+
+	c->out.len = 0;
+	if (rc != 0) {
+		reply_error(c, "token %s: %s", c->farm, j->err[0] ? j->err : "failed");
+		return;
+	}
+	jb_lit(&c->out, "{\"ok\":true,\"token\":");
+	jb_str(&c->out, c->farm);
+	if (j->out.p) {
+		jb_lit(&c->out, ",");
+		jb_put(&c->out, j->out.p, j->out.len);
+	}
+	jb_lit(&c->out, "}\n");
+	LOGI("token %s: %s (control socket)", c->farm, c->in_op);
+}
+
 static void jb_tokens(struct jbuf *b)
 {
 	struct fg_token *t;
@@ -592,6 +698,15 @@ static void jb_tokens(struct jbuf *b)
 		       (unsigned long long)atomic_load(&st->max_us));
 	}
 	jb_lit(b, "]}\n");
+}
+
+static void jb_log_line(const char *line, void *arg)
+{
+	struct ctl_conn *c = arg;
+
+	if (c->out.len && c->out.p[c->out.len - 1] != '[')
+		jb_lit(&c->out, ",");
+	jb_str(&c->out, line);
 }
 
 /* Handles one request. Returns 1 when the answer is ready in c->out, 0 when
@@ -637,6 +752,12 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 			return 1;
 		}
 	}
+	if (!strcmp(op, "logs")) {
+		jb_lit(&c->out, "{\"ok\":true,\"lines\":[");
+		log_recent(jb_log_line, c);
+		jb_lit(&c->out, "]}\n");
+		return 1;
+	}
 	if (!strcmp(op, "tokens")) {
 		jb_tokens(&c->out);
 		return 1;
@@ -653,6 +774,67 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 		j = calloc(1, sizeof(*j));
 		snprintf(c->farm, sizeof(c->farm), "%s", tok->name);
 		if (!j || token_async(c, tok, token_describe, j, token_describe_done) == -1) {
+			reply_error(c, "cannot reach token %s", tok->name);
+			return 1;
+		}
+		return 0;
+	}
+	if (!strcmp(op, "token-keygen") || !strcmp(op, "token-csr") ||
+	    !strcmp(op, "token-import-cert")) {
+		const char *tn = str_member(req, "token"), *label = str_member(req, "label");
+		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
+		int (*fn)(struct p11_token *, void *) = token_keygen;
+		struct token_job *j;
+		enum p11_key_kind kind;
+
+		if (!tok) {
+			reply_error(c, "no token \"%s\"", tn ? tn : "");
+			return 1;
+		}
+		j = calloc(1, sizeof(*j));
+		if (!j) {
+			reply_error(c, "out of memory");
+			return 1;
+		}
+		snprintf(j->label, sizeof(j->label), "%s", label ? label : "");
+		if (!strcmp(op, "token-keygen")) {
+			const char *type = str_member(req, "type");
+
+			if (!type || tokop_key_kind(type, &kind) == -1 || !j->label[0]) {
+				tj_free(j);
+				reply_error(c,
+					    "\"type\" (RSA-2048, RSA-3072, EC-P256, EC-P384) and "
+					    "\"label\" are required");
+				return 1;
+			}
+			j->kind = (int)kind;
+		} else if (!strcmp(op, "token-csr")) {
+			const char *sub = str_member(req, "subject"), *san = str_member(req, "san");
+
+			if (!sub || !j->label[0]) {
+				tj_free(j);
+				reply_error(c,
+					    "\"label\" (the key's) and \"subject\" (/CN=...) are "
+					    "required");
+				return 1;
+			}
+			j->subject = strdup(sub);
+			j->san = san ? strdup(san) : NULL;
+			fn = token_csr;
+		} else {
+			const char *pem = str_member(req, "pem");
+
+			if (!pem) {
+				tj_free(j);
+				reply_error(c, "\"pem\" (the certificate) is required");
+				return 1;
+			}
+			j->pem = strdup(pem);
+			fn = token_import;
+		}
+		snprintf(c->farm, sizeof(c->farm), "%s", tok->name);
+		snprintf(c->in_op, sizeof(c->in_op), "%s", op);
+		if (token_async(c, tok, fn, j, token_op_done) == -1) {
 			reply_error(c, "cannot reach token %s", tok->name);
 			return 1;
 		}

@@ -1,5 +1,6 @@
 /* Error and access logs: stderr (one write(2) per line, so lines never interleave) or syslog. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,35 @@ static enum log_target log_access_to = LOG_TARGET_STDERR;
 static enum log_target log_error_to = LOG_TARGET_STDERR;
 static int log_debug;
 static int log_syslog_open;
+
+/* The last error-log lines, for the management plane (any thread logs). */
+#define RING_LINES 200
+#define RING_LEN   256
+static struct {
+	pthread_mutex_t lock;
+	char line[RING_LINES][RING_LEN];
+	unsigned int next, n;
+} ring = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void ring_add(const char *text)
+{
+	pthread_mutex_lock(&ring.lock);
+	snprintf(ring.line[ring.next], RING_LEN, "%s", text);
+	ring.next = (ring.next + 1) % RING_LINES;
+	if (ring.n < RING_LINES)
+		ring.n++;
+	pthread_mutex_unlock(&ring.lock);
+}
+
+void log_recent(void (*cb)(const char *line, void *arg), void *arg)
+{
+	unsigned int i;
+
+	pthread_mutex_lock(&ring.lock);
+	for (i = 0; i < ring.n; i++)
+		cb(ring.line[(ring.next + RING_LINES - ring.n + i) % RING_LINES], arg);
+	pthread_mutex_unlock(&ring.lock);
+}
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 static const int level_syslog[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
@@ -80,6 +110,21 @@ void fg_log(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	log_emit(log_error_to, level_syslog[level], prefix, fmt, ap);
 	va_end(ap);
+	if (level <= FG_LOG_INFO) {
+		char line[RING_LEN];
+		struct timespec ts;
+		struct tm tm;
+		int n;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%SZ ", &tm);
+		n += snprintf(line + n, sizeof(line) - (size_t)n, "%s", prefix);
+		va_start(ap, fmt);
+		vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+		va_end(ap);
+		ring_add(line);
+	}
 }
 
 void log_access(const char *fmt, ...)

@@ -23,6 +23,9 @@ void log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 int log_debug_enabled(void);
 
+/* The last error-log lines (not debug, not access), oldest first. */
+void log_recent(void (*cb)(const char *line, void *arg), void *arg);
+
 #define LOGE(...) fg_log(FG_LOG_ERR, __VA_ARGS__)
 #define LOGW(...) fg_log(FG_LOG_WARN, __VA_ARGS__)
 #define LOGI(...) fg_log(FG_LOG_INFO, __VA_ARGS__)

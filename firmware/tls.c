@@ -563,6 +563,11 @@ int tls_prepare(struct config *cfg, char *err, size_t errlen)
 			return -1; /* the caller frees cfg, and with it what was built */
 	if (tls_front_prepare(cfg, err, errlen) == -1)
 		return -1;
+	/* every configured token, used or not yet: the operator picks its
+	 * certificates (and makes keys on it) through the control socket */
+	for (i = 0; i < cfg->ntokens; i++)
+		if (!token_get(&cfg->tokens[i], i, err, errlen))
+			return -1;
 	cfg->tls_prepared = 1;
 	return 0;
 }

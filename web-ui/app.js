@@ -762,7 +762,7 @@
     const form = h('form', { novalidate: true, 'data-test': 'rules-form' }, wrap,
       h('div', { class: 'bar sticky' }, saveB,
         btn('Add rule', 'add-rule', () => {
-          rules.push({ name: 'rule' + (rules.length + 1), patternSyntax: 'Wildcard', match: { url: '*' }, action: { type: 'Rewrite', url: '' } });
+          rules.push({ name: 'rule' + (rules.length + 1), patternSyntax: 'Wildcard', match: { url: '*' }, action: { type: 'Rewrite' } });
           draw();
           wrap.lastChild.querySelector('input').focus();
         }),
@@ -917,7 +917,7 @@
         h('div', { class: 'farmhead' }, h('h2', { text: 'Token ' + t.name }),
           h('span', { class: 'badge ' + (t.loggedIn ? 'ok' : 'warn'), 'data-test': 'logged-in', text: t.loggedIn ? 'Logged in' : 'Not logged in: PIN needed' })),
         h('dl', { class: 'kv' }, [['Label', t.label], ['Serial', t.serial], ['Module', t.module], ['PIN flags', t.pinFlags],
-          ['Signatures', t.signatures === undefined ? undefined : num(t.signatures)], ['Average signature time', typeof t.avgMs === 'number' ? t.avgMs.toFixed(1) + ' ms' : undefined]]
+          ['Signatures', t.signatures === undefined ? undefined : num(t.signatures)], ['Average signature time', typeof t.avgSignatureUs === 'number' && t.signatures ? (t.avgSignatureUs / 1000).toFixed(1) + ' ms' : undefined]]
           .map(([k, x]) => h('div', {}, h('dt', { text: k }), h('dd', { text: any(x) })))),
         mech.length ? h('details', {}, h('summary', { text: mech.length + ' mechanisms' }), h('p', { class: 'small mono', text: mech.join(', ') })) : null,
         tb, pinForm(t, tb), h('h3', { text: 'Certificates' }), certs,
@@ -1146,7 +1146,7 @@
       const es = list(d, 'entries');
       audit.replaceChildren(es.length ? h('div', { class: 'tablewrap' }, h('table', { class: 'mini' },
         h('thead', {}, h('tr', {}, ['Time', 'User', 'Action', 'Detail'].map((t) => h('th', { scope: 'col', text: t })))),
-        h('tbody', {}, es.slice().reverse().map((x) => h('tr', {}, [['Time', x.time], ['User', x.user], ['Action', x.action], ['Detail', x.detail]]
+        h('tbody', {}, es.slice().reverse().map((x) => h('tr', {}, [['Time', x.time], ['From', x.user || x.ip], ['Action', x.action], ['Detail', x.detail]]
           .map(([k, y]) => h('td', { 'data-label': k, text: any(y) }))))))) : h('p', { class: 'muted', text: 'Nothing recorded yet.' }));
     }, (e) => audit.replaceChildren(h('p', { class: 'msg error', text: e.message })));
     loadLogs();

@@ -103,14 +103,17 @@ static void relay(struct ctx *x, const char *req, int timeout_ms)
 	if (!okv) {
 		fail(x, 502, "farmgated gave an answer that is not JSON");
 	} else if (okv->type != JSON_TRUE) {
+		const char *m;
+
 		e = json_get(d->root, "error");
+		m = e && e->type == JSON_STRING ? e->u.str.s : "farmgated refused";
+		/* what names nothing that exists is 404, the rest 400 */
 		fail(x,
-		     strstr(e && e->type == JSON_STRING ? e->u.str.s : "", "no farm") ||
-				     strstr(e && e->type == JSON_STRING ? e->u.str.s : "",
-					    "has no server")
+		     strstr(m, "no farm") || strstr(m, "has no server") ||
+				     !strncmp(m, "no token", 8)
 			     ? 404
 			     : 400,
-		     e && e->type == JSON_STRING ? e->u.str.s : "farmgated refused");
+		     m);
 	} else {
 		json_answer(x, 200);
 		sb_lit(&x->rs->body, ans);
@@ -641,6 +644,89 @@ out:
 	sb_free(&req);
 }
 
+/* POST /tokens/{t}/keys {type, label}, /csr {keyLabel, subject, san},
+ * /certificates {pem[, label]}: run in farmgated on the token's signer. */
+static void token_post(struct ctx *x, const char *rest)
+{
+	const char *e = rest[0] == '/' ? strchr(rest + 1, '/') : NULL;
+	char *tn = e ? segment(rest + 1, (size_t)(e - rest - 1)) : NULL;
+	const struct json_value *root = x->doc ? x->doc->root : NULL;
+	struct sbuf req = {0};
+	const char *op = NULL;
+
+	if (!tn) {
+		fail(x, 404, "no such route");
+		return;
+	}
+	if (!root || root->type != JSON_OBJECT) {
+		fail(x, 400, "the body must be a JSON object");
+		goto out;
+	}
+	sb_lit(&req, "{\"op\":");
+	if (!strcmp(e, "/keys")) {
+		op = "token-keygen";
+		sb_json_str(&req, op);
+		sb_lit(&req, ",\"type\":");
+		sb_json_str(&req, body_str(x, "type") ? body_str(x, "type") : "");
+		sb_lit(&req, ",\"label\":");
+		sb_json_str(&req, body_str(x, "label") ? body_str(x, "label") : "");
+	} else if (!strcmp(e, "/csr")) {
+		const struct json_value *san = json_get(root, "san");
+		struct sbuf s2 = {0};
+		size_t i;
+
+		op = "token-csr";
+		sb_json_str(&req, op);
+		sb_lit(&req, ",\"label\":");
+		sb_json_str(&req, body_str(x, "keyLabel") ? body_str(x, "keyLabel") : "");
+		sb_lit(&req, ",\"subject\":");
+		sb_json_str(&req, body_str(x, "subject") ? body_str(x, "subject") : "");
+		if (san && san->type == JSON_STRING) {
+			sb_lit(&s2, san->u.str.s);
+		} else {
+			for (i = 0; i < json_len(san); i++) {
+				const struct json_value *v = json_at(san, i);
+
+				if (v->type != JSON_STRING)
+					continue;
+				if (s2.len)
+					sb_lit(&s2, ",");
+				sb_lit(&s2, v->u.str.s);
+			}
+		}
+		if (s2.len) {
+			sb_lit(&req, ",\"san\":");
+			sb_json_str(&req, s2.p);
+		}
+		sb_free(&s2);
+	} else if (!strcmp(e, "/certificates")) {
+		op = "token-import-cert";
+		sb_json_str(&req, op);
+		sb_lit(&req, ",\"pem\":");
+		sb_json_str(&req, body_str(x, "pem") ? body_str(x, "pem") : "");
+		if (body_str(x, "label")) {
+			sb_lit(&req, ",\"label\":");
+			sb_json_str(&req, body_str(x, "label"));
+		}
+	} else {
+		fail(x, 404, "no such route");
+		goto out;
+	}
+	sb_lit(&req, ",\"token\":");
+	sb_json_str(&req, tn);
+	sb_lit(&req, "}");
+	relay(x, req.p, 120000); /* a smart card generates keys slowly */
+	if (x->rs->status == 200) {
+		char what[300];
+
+		snprintf(what, sizeof(what), "%s on token %s", op, tn);
+		audit(x->rq->ip, "token", what);
+	}
+out:
+	sb_free(&req);
+	free(tn);
+}
+
 /* GET /audit: the last entries of the audit log, newest last. */
 static void audit_list(struct ctx *x)
 {
@@ -1088,6 +1174,11 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 		rules_test(&x);
 	} else if (!strncmp(rq->path, API "/tokens", sizeof(API "/tokens") - 1) && get) {
 		token_routes(&x, rq->path + sizeof(API "/tokens") - 1);
+	} else if (!strncmp(rq->path, API "/tokens/", sizeof(API "/tokens/") - 1) &&
+		   !strcmp(rq->method, "POST")) {
+		token_post(&x, rq->path + sizeof(API "/tokens") - 1);
+	} else if (!strcmp(rq->path, API "/logs") && get) {
+		relay(&x, "{\"op\":\"logs\"}", 10000); /* farmgated's recent log */
 	} else if (!strcmp(rq->path, API "/audit") && get) {
 		audit_list(&x);
 	} else if (!strncmp(rq->path, API "/farms/", sizeof(API "/farms/") - 1)) {
