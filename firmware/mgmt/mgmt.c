@@ -34,11 +34,12 @@
 #include "log.h"
 #include "mgmt.h"
 
-#define MAX_CONNS    32
-#define IO_TIMEOUT_S 15
-#define HEAD_MAX     16384
-#define MAX_HEADERS  64
-#define KEEPALIVE_N  100
+#define MAX_CONNS	32
+#define IO_TIMEOUT_S	15
+#define HEAD_MAX	16384
+#define MAX_HEADERS	64
+#define KEEPALIVE_N	100
+#define HEAD_DEADLINE_S 20 /* a request head (or the handshake) must come within it */
 
 struct mgmt M;
 static atomic_int nconns;
@@ -311,7 +312,48 @@ struct conn {
 	char ip[INET6_ADDRSTRLEN];
 	char in[HEAD_MAX];
 	size_t in_len;
+	time_t deadline; /* for the request head (and the handshake before it) */
 };
+
+/* Connections per client address: one address cannot take every slot. */
+#define PER_IP_MAX 8
+static struct {
+	pthread_mutex_t lock;
+	char ip[MAX_CONNS][INET6_ADDRSTRLEN];
+} per_ip = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int per_ip_take(const char *ip)
+{
+	int i, n = 0, free_slot = -1;
+
+	pthread_mutex_lock(&per_ip.lock);
+	for (i = 0; i < MAX_CONNS; i++) {
+		if (!per_ip.ip[i][0])
+			free_slot = free_slot < 0 ? i : free_slot;
+		else if (!strcmp(per_ip.ip[i], ip))
+			n++;
+	}
+	if (n >= PER_IP_MAX || free_slot < 0) {
+		pthread_mutex_unlock(&per_ip.lock);
+		return -1;
+	}
+	snprintf(per_ip.ip[free_slot], INET6_ADDRSTRLEN, "%s", ip);
+	pthread_mutex_unlock(&per_ip.lock);
+	return 0;
+}
+
+static void per_ip_give(const char *ip)
+{
+	int i;
+
+	pthread_mutex_lock(&per_ip.lock);
+	for (i = 0; i < MAX_CONNS; i++)
+		if (!strcmp(per_ip.ip[i], ip)) {
+			per_ip.ip[i][0] = 0;
+			break;
+		}
+	pthread_mutex_unlock(&per_ip.lock);
+}
 
 static int conn_write(struct conn *c, const void *p, size_t n)
 {
@@ -330,8 +372,8 @@ static int conn_fill(struct conn *c)
 {
 	int n;
 
-	if (c->in_len >= sizeof(c->in))
-		return -1;
+	if (c->in_len >= sizeof(c->in) || time(NULL) > c->deadline)
+		return -1; /* full, or a client dripping its head (slowloris) */
 	n = SSL_read(c->ssl, c->in + c->in_len, (int)(sizeof(c->in) - c->in_len));
 	if (n <= 0)
 		return -1;
@@ -406,6 +448,7 @@ static int serve_one(struct conn *c)
 	const char *q;
 	int n, keep;
 
+	c->deadline = time(NULL) + HEAD_DEADLINE_S;
 	for (;;) {
 		n = http1_parse_request(c->in, c->in_len, &lim, &r, hdrs);
 		if (n > 0)
@@ -507,7 +550,12 @@ static void *conn_main(void *arg)
 	struct conn *c = arg;
 	int i;
 
+	struct timeval hs = {HEAD_DEADLINE_S / 4, 0}, io = {IO_TIMEOUT_S, 0};
+
+	/* the handshake gets a shorter read timeout: no slot held by a crawl */
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &hs, sizeof(hs));
 	if (SSL_accept(c->ssl) == 1) {
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &io, sizeof(io));
 		for (i = 0; i < KEEPALIVE_N; i++)
 			if (!serve_one(c))
 				break;
@@ -515,6 +563,7 @@ static void *conn_main(void *arg)
 	}
 	SSL_free(c->ssl);
 	close(c->fd);
+	per_ip_give(c->ip);
 	free(c);
 	OPENSSL_thread_stop();
 	atomic_fetch_sub(&nconns, 1);
@@ -649,8 +698,14 @@ int main(int argc, char **argv)
 		else
 			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->ip,
 				  sizeof(c->ip));
+		if (per_ip_take(c->ip) == -1) {
+			close(fd);
+			free(c);
+			continue;
+		}
 		c->ssl = SSL_new(ctx);
 		if (!c->ssl || !SSL_set_fd(c->ssl, fd)) {
+			per_ip_give(c->ip);
 			SSL_free(c->ssl);
 			close(fd);
 			free(c);
@@ -662,6 +717,7 @@ int main(int argc, char **argv)
 		pthread_attr_setstacksize(&at, 256 * 1024);
 		if (pthread_create(&th, &at, conn_main, c) != 0) {
 			atomic_fetch_sub(&nconns, 1);
+			per_ip_give(c->ip);
 			SSL_free(c->ssl);
 			close(fd);
 			free(c);
