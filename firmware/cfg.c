@@ -1327,8 +1327,7 @@ static const struct field token_fields[] = {
 	{"module", set_nonempty_str, offsetof(struct token_cfg, module), 0, 0, NULL,
 	 FIELD_REQUIRED},
 	{"uri", set_nonempty_str, offsetof(struct token_cfg, uri), 0, 0, NULL, FIELD_REQUIRED},
-	{"pinFile", set_nonempty_str, offsetof(struct token_cfg, pin_file), 0, 0, NULL,
-	 FIELD_REQUIRED},
+	{"pinFile", set_nonempty_str, offsetof(struct token_cfg, pin_file)},
 	{NULL},
 };
 

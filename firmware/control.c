@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -380,6 +381,7 @@ struct token_job {
 	char label[128];     /* keygen, import: the label */
 	char *subject, *san; /* csr */
 	char *pem;	     /* import: the certificate */
+	char pin[256];	     /* login: wiped when the job is freed */
 	struct sbuf_lite {
 		char *p;
 		size_t len, cap;
@@ -394,6 +396,7 @@ static void tj_free(void *arg)
 	free(j->subject);
 	free(j->san);
 	free(j->pem);
+	OPENSSL_cleanse(j->pin, sizeof(j->pin));
 	free(j);
 }
 
@@ -653,6 +656,40 @@ static int token_import(struct p11_token *t, void *arg)
 	return rc;
 }
 
+/* PIN entry after boot: one try, never repeated by farmgated itself. */
+static int token_login(struct p11_token *t, void *arg)
+{
+	struct token_job *j = arg;
+
+	return p11_token_login(t, j->pin, j->err, sizeof(j->err)) ? -1 : 0;
+}
+
+static void token_login_done(struct ctl_conn *c, void *arg, int rc)
+{
+	struct token_job *j = arg;
+	struct fg_token *tok = tls_token_find(c->farm);
+	char err[1024];
+
+	c->out.len = 0;
+	if (rc != 0 || !tok) {
+		LOGW("token %s: the PIN given through the control socket was refused: %s", c->farm,
+		     j->err);
+		reply_error(c, "token %s: %s", c->farm, j->err[0] ? j->err : "login failed");
+		return;
+	}
+	signer_await_pin(tok->signer, 0);
+	LOGI("token %s: logged in with the PIN from the control socket (kept in memory only)",
+	     tok->name);
+	/* the farms that use it find their keys now, through a reload */
+	if (C.reload && C.reload(err, sizeof(err)) == -1) {
+		reply_error(c, "token %s is logged in, but the reload failed: %s", tok->name, err);
+		return;
+	}
+	jb_lit(&c->out, "{\"ok\":true,\"token\":");
+	jb_str(&c->out, tok->name);
+	jb_lit(&c->out, ",\"loggedIn\":true}\n");
+}
+
 static void token_op_done(struct ctl_conn *c, void *arg, int rc)
 {
 	struct token_job *j = arg;
@@ -690,6 +727,7 @@ static void jb_tokens(struct jbuf *b)
 		jb_str(b, t->module);
 		jb_lit(b, ",\"uri\":");
 		jb_str(b, t->uri);
+		jb_fmt(b, ",\"needsPin\":%s", signer_awaiting_pin(t->signer) ? "true" : "false");
 		jb_fmt(b, ",\"loggedIn\":%s,\"signatures\":%llu,\"signatureErrors\":%llu",
 		       signer_is_up(t->signer) ? "true" : "false", cnt,
 		       (unsigned long long)atomic_load(&st->errors));
@@ -774,6 +812,36 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 		j = calloc(1, sizeof(*j));
 		snprintf(c->farm, sizeof(c->farm), "%s", tok->name);
 		if (!j || token_async(c, tok, token_describe, j, token_describe_done) == -1) {
+			reply_error(c, "cannot reach token %s", tok->name);
+			return 1;
+		}
+		return 0;
+	}
+	if (!strcmp(op, "token-login")) {
+		const char *tn = str_member(req, "token"), *pin = str_member(req, "pin");
+		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
+		struct token_job *j;
+
+		if (!tok) {
+			reply_error(c, "no token \"%s\"", tn ? tn : "");
+			return 1;
+		}
+		if (!signer_awaiting_pin(tok->signer)) {
+			reply_error(c, "token %s is not waiting for a PIN", tok->name);
+			return 1;
+		}
+		if (!pin || !*pin || strlen(pin) >= sizeof(j->pin)) {
+			reply_error(c, "\"pin\" is required (at most 255 bytes)");
+			return 1;
+		}
+		j = calloc(1, sizeof(*j));
+		if (!j) {
+			reply_error(c, "out of memory");
+			return 1;
+		}
+		memcpy(j->pin, pin, strlen(pin) + 1);
+		snprintf(c->farm, sizeof(c->farm), "%s", tok->name);
+		if (token_async(c, tok, token_login, j, token_login_done) == -1) {
 			reply_error(c, "cannot reach token %s", tok->name);
 			return 1;
 		}
@@ -996,7 +1064,11 @@ static void conn_io(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 				reply_error(c, "bad JSON: %s", err);
 			} else {
 				int ready = handle(c, doc->root);
+				const struct json_value *pv = json_get(doc->root, "pin");
 
+				if (pv && pv->type == JSON_STRING) /* never left in memory */
+					OPENSSL_cleanse((char *)pv->u.str.s, pv->u.str.len);
+				OPENSSL_cleanse(c->in, c->in_len);
 				json_free(doc);
 				if (!ready) {
 					/* the answer comes with the probes' results; a

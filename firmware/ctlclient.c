@@ -11,9 +11,12 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <termios.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+
+#include <openssl/crypto.h>
 
 #include "ctlclient.h"
 #include "json.h"
@@ -216,6 +219,45 @@ static const struct word *word_find(const struct word *t, size_t n, const char *
 
 /* Builds the request line (no newline) into b and sets *op to the operation. Returns 0 or 2
  * (printed). */
+/* The PIN: $FARMGATE_PIN, else one line from the terminal without echo
+ * (or from stdin when it is not a terminal). */
+static int read_pin(char *pin, size_t len)
+{
+	const char *env = getenv("FARMGATE_PIN");
+	struct termios old, quiet;
+	int tty = isatty(STDIN_FILENO);
+	size_t n;
+
+	if (env && *env) {
+		if (strlen(env) >= len) {
+			ctl_err("$FARMGATE_PIN is too long");
+			return -1;
+		}
+		snprintf(pin, len, "%s", env);
+		return 0;
+	}
+	if (tty) {
+		fputs("PIN: ", stderr);
+		tcgetattr(STDIN_FILENO, &old);
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+	}
+	if (!fgets(pin, (int)len, stdin))
+		pin[0] = 0;
+	if (tty) {
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		fputs("\n", stderr);
+	}
+	n = strcspn(pin, "\r\n");
+	pin[n] = 0;
+	if (!n) {
+		ctl_err("no PIN given");
+		return -1;
+	}
+	return 0;
+}
+
 static int build_request(const struct ctl_opts *o, struct sbuf *b, const char **op)
 {
 	const struct word *w;
@@ -315,6 +357,21 @@ static int build_request(const struct ctl_opts *o, struct sbuf *b, const char **
 		req_str(b, "server", o->pos[1]);
 		sbuf_puts(b, ",\"healthy\":");
 		sbuf_puts(b, w->arr);
+	} else if (strcmp(o->cmd, "pin") == 0) {
+		char pin[256];
+
+		if (o->npos != 1) {
+			ctl_err("usage: farmgatectl pin TOKEN (the PIN from $FARMGATE_PIN or the "
+				"terminal, never the command line)");
+			return CTL_EXIT_USAGE;
+		}
+		if (read_pin(pin, sizeof(pin)) == -1)
+			return CTL_EXIT_USAGE;
+		*op = "token-login";
+		sbuf_puts(b, "{\"op\":\"token-login\"");
+		req_str(b, "token", o->pos[0]);
+		req_str(b, "pin", pin);
+		OPENSSL_cleanse(pin, sizeof(pin));
 	} else {
 		ctl_err("unknown command '%s' (try: farmgatectl --help)", o->cmd);
 		return CTL_EXIT_USAGE;
@@ -842,6 +899,9 @@ static int print_answer(const struct ctl_opts *o, const char *op, const struct j
 			h = strcmp(WORD_FIND(health_words, o->pos[2])->arr, "true") == 0;
 		confirm(str_of(json_get(root, "farm"), farm),
 			str_of(json_get(s, "server"), o->pos[1]), h ? "healthy" : "unhealthy");
+	} else if (strcmp(op, "token-login") == 0) {
+		printf("token %s: logged in (the PIN is kept in farmgated's memory only)\n",
+		       str_of(json_get(root, "token"), o->pos[0]));
 	} else if (strcmp(op, "farm") == 0) {
 		const struct json_value *farms = json_get(root, "farms");
 

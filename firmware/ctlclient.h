@@ -18,6 +18,9 @@
 	"  farm FARM reset [--server SERVER] set the farm's (or one server's) counters to zero\n"  \
 	"  health FARM SERVER healthy|unhealthy\n"                                                 \
 	"                                    mark a server healthy or unhealthy\n"                 \
+	"  pin TOKEN                         give a token configured without pinFile its PIN\n"    \
+	"                                    (read from $FARMGATE_PIN, else from the terminal;\n"  \
+	"                                    farmgated keeps it in memory only)\n"                 \
 	"  SERVER is address:httpPort, or a bare address when only one server of the farm has "    \
 	"it\n"                                                                                     \
 	"control options:\n"                                                                       \

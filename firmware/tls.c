@@ -96,7 +96,8 @@ static struct p11_module *module_get(const char *path, char *err, size_t errlen)
 static int same_token(const struct fg_token *t, const struct token_cfg *tc)
 {
 	return !strcmp(t->name, tc->name) && !strcmp(t->module, tc->module) &&
-	       !strcmp(t->uri, tc->uri) && !strcmp(t->pin_file, tc->pin_file);
+	       !strcmp(t->uri, tc->uri) &&
+	       !strcmp(t->pin_file ? t->pin_file : "", tc->pin_file ? tc->pin_file : "");
 }
 
 static void token_free(struct fg_token *t)
@@ -135,7 +136,7 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 		snprintf(err, errlen, "$.tokens[%u].uri: %s", i, e);
 		return NULL;
 	}
-	if (p11_pin_file_read(tc->pin_file, pin, sizeof(pin), e, sizeof(e)) == -1) {
+	if (tc->pin_file && p11_pin_file_read(tc->pin_file, pin, sizeof(pin), e, sizeof(e)) == -1) {
 		snprintf(err, errlen, "$.tokens[%u].pinFile: %s", i, e);
 		return NULL;
 	}
@@ -151,7 +152,7 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 		snprintf(err, errlen, "$.tokens[%u].uri: %s", i, e);
 		return NULL;
 	}
-	if (p11_token_login(tok, pin, e, sizeof(e)) == -1) {
+	if (tc->pin_file && p11_token_login(tok, pin, e, sizeof(e)) == -1) {
 		OPENSSL_cleanse(pin, sizeof(pin));
 		p11_token_close(tok);
 		snprintf(err, errlen, "$.tokens[%u]: token %s: %s", i, tc->name, e);
@@ -160,7 +161,8 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 	OPENSSL_cleanse(pin, sizeof(pin));
 	t = calloc(1, sizeof(*t));
 	if (!t || !(t->name = strdup(tc->name)) || !(t->module = strdup(tc->module)) ||
-	    !(t->uri = strdup(tc->uri)) || !(t->pin_file = strdup(tc->pin_file))) {
+	    !(t->uri = strdup(tc->uri)) ||
+	    (tc->pin_file && !(t->pin_file = strdup(tc->pin_file)))) {
 		p11_token_close(tok);
 		if (t)
 			token_free(t);
@@ -178,6 +180,15 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 	}
 	token_watch(t);
 	list_add_tail(&T.tokens, &t->link);
+	if (!tc->pin_file) {
+		/* the PIN comes from the operator after boot (control socket, web
+		 * UI) and is kept in memory only; until then the token is down */
+		signer_await_pin(t->signer, 1);
+		LOGW("token %s (%s) open, waiting for its PIN (web UI or farmgatectl): its "
+		     "farms answer 502 until then",
+		     tc->name, tc->uri);
+		return t;
+	}
 	LOGI("token %s (%s) open and logged in", tc->name, tc->uri);
 	return t;
 }
@@ -398,6 +409,8 @@ int tls_token_identity(struct config *cfg, const char *token, const unsigned cha
 	id->token = token_by_name(cfg, token, err, errlen);
 	if (!id->token)
 		return -1;
+	if (signer_awaiting_pin(id->token->signer))
+		return 0; /* pending: found at the reload that follows the PIN */
 	memset(&job, 0, sizeof(job));
 	job.thumb = thumb;
 	job.thumb_len = thumb_len;
@@ -477,7 +490,16 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 			struct fg_token *t =
 				token_by_name(cfg, f->protocol.client_cert_token, err, errlen);
 
-			if (!t || farm_pfx(f, t, fi, pfx_thumb, err, errlen) == -1)
+			if (!t)
+				return -1;
+			if (signer_awaiting_pin(t->signer)) {
+				snprintf(err, errlen,
+					 "$.webFarms[%u].protocol.clientCertFileName: token %s "
+					 "waits for its PIN: a PFX import needs it logged in",
+					 fi, t->name);
+				return -1;
+			}
+			if (farm_pfx(f, t, fi, pfx_thumb, err, errlen) == -1)
 				return -1;
 			if (f->protocol.client_cert_hash &&
 			    (thumb_len != 20 || memcmp(thumb, pfx_thumb, 20))) {
@@ -498,6 +520,11 @@ static int farm_prepare(struct config *cfg, struct farm *f, unsigned int fi, cha
 		ft->token = ft->id.token;
 		ft->pkey = ft->id.pkey;
 		ft->cert = ft->id.cert;
+		if (!ft->pkey) {
+			/* its token waits for the PIN: the farm fails closed till then */
+			ft->ident = ident_of(ft->token->name, thumb, thumb_len);
+			return 0;
+		}
 		{
 			unsigned char md[20];
 			unsigned int n = 0;
@@ -609,7 +636,7 @@ void tls_shutdown(void)
 
 int tls_identity_up(const struct farm *f)
 {
-	return !f->tls || !f->tls->token || signer_is_up(f->tls->token->signer);
+	return !f->tls || !f->tls->token || (f->tls->pkey && signer_is_up(f->tls->token->signer));
 }
 
 SSL *tls_conn_new(struct farm *f, struct server *srv, int fd)

@@ -353,6 +353,13 @@ static int cert_load(struct config *cfg, struct front_cert *fc, const struct lis
 		if (tls_token_identity(cfg, cc->cert_token, thumb, thumb_len, jpath, &fc->id,
 				       &fc->stats, err, errlen) == -1)
 			return -1;
+		if (!fc->id.pkey) {
+			snprintf(err, errlen,
+				 "%s: token %s waits for its PIN; a listener's key needs a token "
+				 "that logs in at start (tokens[].pinFile)",
+				 jpath, fc->id.token->name);
+			return -1;
+		}
 		if (SSL_CTX_use_certificate(fc->ctx, fc->id.cert) != 1 ||
 		    SSL_CTX_use_PrivateKey(fc->ctx, fc->id.pkey) != 1) {
 			snprintf(err, errlen, "%s: OpenSSL refused the certificate or its key: %s",

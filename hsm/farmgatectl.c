@@ -1398,7 +1398,8 @@ int main(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "server") == 0 ||
-	    strcmp(argv[1], "farm") == 0 || strcmp(argv[1], "health") == 0)
+	    strcmp(argv[1], "farm") == 0 || strcmp(argv[1], "health") == 0 ||
+	    strcmp(argv[1], "pin") == 0)
 		return ctl_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "token") != 0) {
 		say_err("unknown command '%s' (try: farmgatectl help)", argv[1]);

@@ -63,6 +63,7 @@ struct signer {
 	int stop;
 	int started;
 	atomic_int up;
+	atomic_int awaiting_pin; /* opened without a PIN: down until one is given */
 	int state_fd;
 	struct sign_stats stats;
 	char last_err[256]; /* recovery failures are logged when they change */
@@ -194,6 +195,8 @@ static void idle_tick(struct signer *s)
 {
 	CK_RV rv;
 
+	if (atomic_load(&s->awaiting_pin))
+		return; /* nothing to recover: the operator has not given the PIN yet */
 	if (!atomic_load(&s->up)) {
 		try_recover(s);
 		return;
@@ -412,6 +415,19 @@ int signer_job_rc(const struct signer_job *j)
 void *signer_job_arg(const struct signer_job *j)
 {
 	return ((const struct sign_req *)j)->arg;
+}
+
+void signer_await_pin(struct signer *s, int awaiting)
+{
+	atomic_store(&s->awaiting_pin, awaiting);
+	if (atomic_load(&s->up) == !awaiting)
+		return;
+	state_changed(s, !awaiting);
+}
+
+int signer_awaiting_pin(const struct signer *s)
+{
+	return atomic_load(&s->awaiting_pin);
 }
 
 void signer_job_release(struct signer *s, struct signer_job *j)

@@ -52,6 +52,11 @@ void signer_unbind_key(struct signer *s, EVP_PKEY *pkey);
  * path. Returns fn's result, or -1 if the signer is stopping. */
 int signer_call(struct signer *s, int (*fn)(struct p11_token *tok, void *arg), void *arg);
 
+/* A token opened without its PIN (none in the configuration): down, and not
+ * probed or recovered, until signer_await_pin(s, 0) after a login. */
+void signer_await_pin(struct signer *s, int awaiting);
+int signer_awaiting_pin(const struct signer *s);
+
 /* The same without waiting: fn(token, arg) is queued for the signer thread
  * and the job's eventfd (signer_job_fd) becomes readable once it is done
  * (signer_job_done, signer_job_rc, signer_job_arg for the results). The job

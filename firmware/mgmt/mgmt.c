@@ -532,6 +532,9 @@ static int serve_one(struct conn *c)
 		keep = 0;
 	sb_free(&rs.body);
 out:
+	if (body)
+		OPENSSL_cleanse(body, (size_t)r.content_length); /* passwords, PINs */
+	OPENSSL_cleanse(c->in, sizeof(c->in));
 	free(body);
 	free(method);
 	free(path);

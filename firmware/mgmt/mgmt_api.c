@@ -699,6 +699,13 @@ static void token_post(struct ctx *x, const char *rest)
 			sb_json_str(&req, s2.p);
 		}
 		sb_free(&s2);
+	} else if (!strcmp(e, "/pin")) {
+		/* farmgated logs in with it and keeps it in memory only; it is
+		 * never written here, nor in the audit log */
+		op = "token-login";
+		sb_json_str(&req, op);
+		sb_lit(&req, ",\"pin\":");
+		sb_json_str(&req, body_str(x, "pin") ? body_str(x, "pin") : "");
 	} else if (!strcmp(e, "/certificates")) {
 		op = "token-import-cert";
 		sb_json_str(&req, op);
@@ -723,6 +730,8 @@ static void token_post(struct ctx *x, const char *rest)
 		audit(x->rq->ip, "token", what);
 	}
 out:
+	if (req.p)
+		OPENSSL_cleanse(req.p, req.len); /* it may hold a PIN */
 	sb_free(&req);
 	free(tn);
 }
@@ -1187,5 +1196,17 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 		fail(&x, 404, "no such route");
 	}
 out:
+	if (x.doc) {
+		/* secrets never linger in freed memory */
+		static const char *const secret[] = {"pin", "password", "current", "setupCode"};
+		unsigned int i;
+
+		for (i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
+			const struct json_value *v = json_get(x.doc->root, secret[i]);
+
+			if (v && v->type == JSON_STRING)
+				OPENSSL_cleanse((char *)v->u.str.s, v->u.str.len);
+		}
+	}
 	json_free(x.doc);
 }
