@@ -15,8 +15,11 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/provider.h>
 #include <openssl/x509.h>
 
 #include "cfg.h"
@@ -381,7 +384,8 @@ struct token_job {
 	char label[128];     /* keygen, import: the label */
 	char *subject, *san; /* csr */
 	char *pem;	     /* import: the certificate */
-	char pin[256];	     /* login: wiped when the job is freed */
+	char pin[256];	     /* login, PFX password: wiped when the job is freed */
+	char *pfx;	     /* PFX, base64 */
 	struct sbuf_lite {
 		char *p;
 		size_t len, cap;
@@ -397,6 +401,9 @@ static void tj_free(void *arg)
 	free(j->san);
 	free(j->pem);
 	OPENSSL_cleanse(j->pin, sizeof(j->pin));
+	if (j->pfx)
+		OPENSSL_cleanse(j->pfx, strlen(j->pfx));
+	free(j->pfx);
 	free(j);
 }
 
@@ -690,6 +697,73 @@ static void token_login_done(struct ctl_conn *c, void *arg, int rc)
 	jb_lit(&c->out, ",\"loggedIn\":true}\n");
 }
 
+/* ARR's PFX, imported onto the token (key sensitive, never extractable);
+ * the software copy is freed at once. */
+static int token_import_pfx(struct p11_token *t, void *arg)
+{
+	struct token_job *j = arg;
+	size_t b64 = strlen(j->pfx);
+	unsigned char *der = malloc(b64 / 4 * 3 + 3), d[32], id[8];
+	const unsigned char *p = der;
+	STACK_OF(X509) *ca = NULL;
+	EVP_PKEY *pkey = NULL;
+	PKCS12 *p12 = NULL;
+	X509 *x = NULL;
+	char label[128], hex[65];
+	int n, rc = -1;
+
+	static OSSL_PROVIDER *legacy; /* older PFX files use RC2 / 3DES; kept loaded */
+
+	if (!legacy)
+		legacy = OSSL_PROVIDER_try_load(NULL, "legacy", 1);
+	n = der ? EVP_DecodeBlock(der, (const unsigned char *)j->pfx, (int)b64) : -1;
+	while (n > 0 && b64 && j->pfx[b64 - 1] == '=') { /* EVP_DecodeBlock counts padding */
+		n--;
+		b64--;
+	}
+	if (n <= 0 || !(p12 = d2i_PKCS12(NULL, &p, n))) {
+		snprintf(j->err, sizeof(j->err), "not a PFX (PKCS#12, base64)");
+		goto out;
+	}
+	if (!PKCS12_parse(p12, j->pin, &pkey, &x, &ca) || !pkey || !x) {
+		snprintf(j->err, sizeof(j->err),
+			 "wrong PFX password, or no key and certificate in it");
+		goto out;
+	}
+	if (X509_check_private_key(x, pkey) != 1) {
+		snprintf(j->err, sizeof(j->err),
+			 "the PFX's key does not belong to its certificate");
+		goto out;
+	}
+	if (tokop_cert_stored(t, x, j->err, sizeof(j->err)))
+		goto out;
+	X509_digest(x, EVP_sha1(), d, NULL);
+	memcpy(id, d, sizeof(id)); /* CKA_ID from the thumbprint, as a config import does */
+	tokop_pick_label(x, j->label[0] ? j->label : NULL, (const char *)X509_alias_get0(x, NULL),
+			 label);
+	if (tokop_import_key_cert(t, pkey, x, label, id, sizeof(id), j->err, sizeof(j->err)))
+		goto out;
+	tj_put(j, "\"label\":", 8);
+	tj_str(j, label);
+	tj_put(j, ",\"sha1\":", 8);
+	tj_str(j, p11_hex_upper(d, 20, hex));
+	X509_digest(x, EVP_sha256(), d, NULL);
+	tj_put(j, ",\"sha256\":", 10);
+	tj_str(j, p11_hex_upper(d, 32, hex));
+	rc = 0;
+out:
+	EVP_PKEY_free(pkey); /* the software copy goes now */
+	X509_free(x);
+	sk_X509_pop_free(ca, X509_free);
+	PKCS12_free(p12);
+	if (der) {
+		OPENSSL_cleanse(der, b64 / 4 * 3 + 3);
+		free(der);
+	}
+	ERR_clear_error();
+	return rc;
+}
+
 static void token_op_done(struct ctl_conn *c, void *arg, int rc)
 {
 	struct token_job *j = arg;
@@ -848,7 +922,7 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 		return 0;
 	}
 	if (!strcmp(op, "token-keygen") || !strcmp(op, "token-csr") ||
-	    !strcmp(op, "token-import-cert")) {
+	    !strcmp(op, "token-import-cert") || !strcmp(op, "token-import-pfx")) {
 		const char *tn = str_member(req, "token"), *label = str_member(req, "label");
 		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
 		int (*fn)(struct p11_token *, void *) = token_keygen;
@@ -889,6 +963,19 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 			j->subject = strdup(sub);
 			j->san = san ? strdup(san) : NULL;
 			fn = token_csr;
+		} else if (!strcmp(op, "token-import-pfx")) {
+			const char *pfx = str_member(req, "pfx"), *pw = str_member(req, "password");
+
+			if (!pfx || !*pfx || (pw && strlen(pw) >= sizeof(j->pin))) {
+				tj_free(j);
+				reply_error(
+					c, "\"pfx\" (base64) is required, \"password\" at most 255 "
+					   "bytes");
+				return 1;
+			}
+			j->pfx = strdup(pfx);
+			snprintf(j->pin, sizeof(j->pin), "%s", pw ? pw : "");
+			fn = token_import_pfx;
 		} else {
 			const char *pem = str_member(req, "pem");
 
@@ -1064,10 +1151,16 @@ static void conn_io(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 				reply_error(c, "bad JSON: %s", err);
 			} else {
 				int ready = handle(c, doc->root);
-				const struct json_value *pv = json_get(doc->root, "pin");
+				static const char *const secrets[] = {"pin", "password", "pfx"};
+				unsigned int k;
 
-				if (pv && pv->type == JSON_STRING) /* never left in memory */
-					OPENSSL_cleanse((char *)pv->u.str.s, pv->u.str.len);
+				for (k = 0; k < 3; k++) { /* never left in memory */
+					const struct json_value *pv =
+						json_get(doc->root, secrets[k]);
+
+					if (pv && pv->type == JSON_STRING)
+						OPENSSL_cleanse((char *)pv->u.str.s, pv->u.str.len);
+				}
 				OPENSSL_cleanse(c->in, c->in_len);
 				json_free(doc);
 				if (!ready) {

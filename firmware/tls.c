@@ -19,6 +19,7 @@
 #include "p11.h"
 #include "tls.h"
 #include "tls_front.h"
+#include "tokenops.h"
 
 #define DEFAULT_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
 
@@ -211,7 +212,6 @@ static int pfx_import(struct p11_token *tok, void *arg)
 {
 	struct pfx_job *j = arg;
 	struct p11_cert c;
-	CK_OBJECT_HANDLE h;
 	unsigned char id[8];
 
 	memset(&c, 0, sizeof(c));
@@ -220,10 +220,8 @@ static int pfx_import(struct p11_token *tok, void *arg)
 		return 0; /* imported before */
 	}
 	memcpy(id, j->thumb, sizeof(id)); /* CKA_ID: derived from the thumbprint */
-	if (p11_key_import(tok, j->pkey, "farmgate-pfx", id, sizeof(id), &h, j->err,
-			   sizeof(j->err)) == -1 ||
-	    p11_cert_import(tok, j->cert, "farmgate-pfx", id, sizeof(id), &h, j->err,
-			    sizeof(j->err)) == -1)
+	if (tokop_import_key_cert(tok, j->pkey, j->cert, "farmgate-pfx", id, sizeof(id), j->err,
+				  sizeof(j->err)) == -1)
 		return -1;
 	j->imported = 1;
 	return 0;

@@ -707,7 +707,7 @@ static int cmd_import_pfx(struct ctl *c)
 	EVP_PKEY *pkey = NULL;
 	PKCS12 *p12 = NULL;
 	X509 *x = NULL;
-	size_t len = 0, nd;
+	size_t len = 0;
 	long n;
 	int r, ncas;
 
@@ -771,19 +771,13 @@ static int cmd_import_pfx(struct ctl *c)
 		n = 8;
 	}
 	tokop_pick_label(x, c->opt[O_LABEL], (const char *)X509_alias_get0(x, NULL), label);
-	if (p11_key_import(c->t, pkey, label, id, (size_t)n, NULL, err, sizeof(err))) {
+	if (tokop_import_key_cert(c->t, pkey, x, label, id, (size_t)n, err, sizeof(err))) {
 		say_err("%s", err);
 		goto out;
 	}
 	/* the token has it now: drop the software copy at once */
 	EVP_PKEY_free(pkey);
 	pkey = NULL;
-	if (p11_cert_import(c->t, x, label, id, (size_t)n, NULL, err, sizeof(err))) {
-		say_err("%s (the key written a moment ago was removed again)", err);
-		p11_objects_delete(c->t, CKO_PRIVATE_KEY, id, (size_t)n, NULL, &nd, NULL, 0);
-		p11_objects_delete(c->t, CKO_PUBLIC_KEY, id, (size_t)n, NULL, &nd, NULL, 0);
-		goto out;
-	}
 	printf("imported key (sensitive, not extractable) and certificate into token %s: "
 	       "label %s, id %s\n",
 	       p11_token_label(c->t), label, p11_hex_lower(id, (size_t)n, hex));

@@ -275,3 +275,23 @@ void tokop_pick_label(X509 *x, const char *label, const char *fallback, char *ou
 	else if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out, 128) <= 0)
 		snprintf(out, 128, "certificate");
 }
+
+int tokop_import_key_cert(struct p11_token *t, EVP_PKEY *pkey, X509 *x, const char *label,
+			  const unsigned char *id, size_t id_len, char *err, size_t errlen)
+{
+	CK_OBJECT_HANDLE h;
+	size_t nd = 0;
+
+	if (p11_key_import(t, pkey, label, id, id_len, &h, err, errlen))
+		return -1;
+	if (p11_cert_import(t, x, label, id, id_len, &h, err, errlen)) {
+		size_t n = strlen(err);
+
+		/* no key without its certificate: take it off again */
+		p11_objects_delete(t, CKO_PRIVATE_KEY, id, id_len, NULL, &nd, NULL, 0);
+		p11_objects_delete(t, CKO_PUBLIC_KEY, id, id_len, NULL, &nd, NULL, 0);
+		snprintf(err + n, errlen - n, " (the key written a moment ago was removed again)");
+		return -1;
+	}
+	return 0;
+}

@@ -48,6 +48,12 @@ int tokop_cert_stored(struct p11_token *t, X509 *x, char *err, size_t errlen);
  * its CN, else "certificate". */
 void tokop_pick_label(X509 *x, const char *label, const char *fallback, char *out);
 
+/* A software key and its certificate written onto t (the key sensitive and
+ * never extractable) with label and CKA_ID id; if the certificate cannot be
+ * stored, the key is removed again. The caller frees pkey at once after. */
+int tokop_import_key_cert(struct p11_token *t, EVP_PKEY *pkey, X509 *x, const char *label,
+			  const unsigned char *id, size_t id_len, char *err, size_t errlen);
+
 /* "2026-11-22 10:00:00 UTC" (or "(unreadable date)") into buf. */
 char *tokop_fmt_time(const ASN1_TIME *t, char *buf, size_t len);
 

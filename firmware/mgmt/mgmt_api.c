@@ -706,6 +706,17 @@ static void token_post(struct ctx *x, const char *rest)
 		sb_json_str(&req, op);
 		sb_lit(&req, ",\"pin\":");
 		sb_json_str(&req, body_str(x, "pin") ? body_str(x, "pin") : "");
+	} else if (!strcmp(e, "/pfx")) {
+		op = "token-import-pfx";
+		sb_json_str(&req, op);
+		sb_lit(&req, ",\"pfx\":");
+		sb_json_str(&req, body_str(x, "pfxBase64") ? body_str(x, "pfxBase64") : "");
+		sb_lit(&req, ",\"password\":");
+		sb_json_str(&req, body_str(x, "password") ? body_str(x, "password") : "");
+		if (body_str(x, "label")) {
+			sb_lit(&req, ",\"label\":");
+			sb_json_str(&req, body_str(x, "label"));
+		}
 	} else if (!strcmp(e, "/certificates")) {
 		op = "token-import-cert";
 		sb_json_str(&req, op);
@@ -1198,7 +1209,8 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 out:
 	if (x.doc) {
 		/* secrets never linger in freed memory */
-		static const char *const secret[] = {"pin", "password", "current", "setupCode"};
+		static const char *const secret[] = {"pin", "password", "current", "setupCode",
+						     "pfxBase64"};
 		unsigned int i;
 
 		for (i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
