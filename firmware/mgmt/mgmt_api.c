@@ -317,6 +317,27 @@ static int config_routes_locked(struct ctx *x, const char *path, int get)
 				 "filename=\"farmgate-config.json\"\r\n");
 		goto out;
 	}
+	if (!strcmp(path, "/config/previous")) {
+		char prev[1024], err[512];
+		size_t len = 0;
+
+		if (!get) {
+			fail(x, 405, "use GET");
+			return 1;
+		}
+		snprintf(prev, sizeof(prev), "%s.prev", M.cfg_path);
+		text = config_read_path(prev, &len, err, sizeof(err));
+		doc = text ? json_parse(text, len, err, sizeof(err)) : NULL;
+		if (!doc) {
+			fail(x, text ? 500 : 404, text ? err : "no previous configuration");
+			goto out;
+		}
+		ed.skip_secret = 1;
+		json_answer(x, 200);
+		json_write(&x->rs->body, doc->root, 0, &ed);
+		sb_lit(&x->rs->body, "\n");
+		goto out;
+	}
 	if (!strcmp(path, "/config/restore") || !strcmp(path, "/restore")) {
 		char err[1024];
 		int status;

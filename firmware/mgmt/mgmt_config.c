@@ -23,13 +23,18 @@ static pthread_mutex_t cfg_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static char *slurp(const char *path, size_t *len);
 
-char *config_read(size_t *len, char *err, size_t errlen)
+char *config_read_path(const char *path, size_t *len, char *err, size_t errlen)
 {
-	char *text = slurp(M.cfg_path, len);
+	char *text = slurp(path, len);
 
 	if (!text)
-		snprintf(err, errlen, "%s: cannot read it: %s", M.cfg_path, strerror(errno));
+		snprintf(err, errlen, "%s: cannot read it: %s", path, strerror(errno));
 	return text;
+}
+
+char *config_read(size_t *len, char *err, size_t errlen)
+{
+	return config_read_path(M.cfg_path, len, err, errlen);
 }
 
 /* ---- serialising ------------------------------------------------------------ */

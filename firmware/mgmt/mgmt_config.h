@@ -21,8 +21,9 @@ struct json_edit {
 	int skip_secret; /* drop clientCertPassword members (exports) */
 };
 
-/* The file's text (malloc'ed), or NULL with err. */
+/* The file's text (malloc'ed), or NULL with err; the same for another file. */
 char *config_read(size_t *len, char *err, size_t errlen);
+char *config_read_path(const char *path, size_t *len, char *err, size_t errlen);
 
 /* JSON text of v with ed applied (ed may be NULL), two-space indented. */
 void json_write(struct sbuf *b, const struct json_value *v, int depth, const struct json_edit *ed);
