@@ -240,7 +240,9 @@ struct config {
 		uint16_t port;	 /* default 8443 */
 		char *cert_file; /* NULL: generated in the data directory */
 		char *key_file;
-		int configured; /* the section is present: ports are checked */
+		char *cert_hash;  /* instead: a certificate on a token, by thumbprint */
+		char *cert_token; /* tokens[].name; NULL = the only token */
+		int configured;	  /* the section is present: ports are checked */
 	} mgmt;
 	int tls_prepared; /* tls_prepare() ran: farm->tls set where needed */
 };

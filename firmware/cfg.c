@@ -1390,6 +1390,8 @@ static const struct field mgmt_fields[] = {
 	{"port", set_u16, offsetof(struct config, mgmt.port), 1, 65535},
 	{"certificateFile", set_nonempty_str, offsetof(struct config, mgmt.cert_file)},
 	{"keyFile", set_nonempty_str, offsetof(struct config, mgmt.key_file)},
+	{"certificateHash", set_nonempty_str, offsetof(struct config, mgmt.cert_hash)},
+	{"certificateToken", set_nonempty_str, offsetof(struct config, mgmt.cert_token)},
 	{NULL},
 };
 
@@ -1495,6 +1497,22 @@ static int mgmt_finish(struct cfg_ctx *c, struct config *cfg)
 	c->plen = strlen(c->path);
 	if (!cfg->mgmt.cert_file != !cfg->mgmt.key_file)
 		return cfg_fail(c, "certificateFile and keyFile go together");
+	if (cfg->mgmt.cert_hash && cfg->mgmt.cert_file)
+		return cfg_fail(c, "certificateHash (on a token) and certificateFile/keyFile are "
+				   "exclusive");
+	if (cfg->mgmt.cert_hash) {
+		const char *tok = cfg->mgmt.cert_token;
+		unsigned int j;
+
+		for (j = 0; tok && j < cfg->ntokens; j++)
+			if (!strcmp(cfg->tokens[j].name, tok))
+				break;
+		if (tok ? j == cfg->ntokens : cfg->ntokens != 1)
+			return cfg_fail(
+				c, tok ? "certificateToken names no token of $.tokens"
+				       : "certificateHash needs exactly one token in $.tokens, or "
+					 "certificateToken");
+	}
 	m.address = cfg->mgmt.address;
 	listen_key(&m, km);
 	for (i = 0; cfg->mgmt.configured && i < cfg->nlisteners; i++) {
@@ -1604,6 +1622,8 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 	free(cfg->mgmt.address);
 	free(cfg->mgmt.cert_file);
 	free(cfg->mgmt.key_file);
+	free(cfg->mgmt.cert_hash);
+	free(cfg->mgmt.cert_token);
 	free(cfg);
 }
 

@@ -31,8 +31,10 @@
 #include "buildopts.h"
 #include "cfg.h"
 #include "http1.h"
+#include "key.h"
 #include "log.h"
 #include "mgmt.h"
+#include "p11.h"
 
 #define MAX_CONNS	32
 #define IO_TIMEOUT_S	15
@@ -265,11 +267,113 @@ out:
 	return rc;
 }
 
+/* TLS 1.2 and 1.3, ECDHE with AEAD only, the server's order, no renegotiation. */
+static SSL_CTX *ctx_new(void)
+{
+	SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+
+	if (c && (!SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) ||
+		  !SSL_CTX_set_cipher_list(c, "ECDHE+AESGCM:ECDHE+CHACHA20"))) {
+		SSL_CTX_free(c);
+		return NULL;
+	}
+	if (c)
+		SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+					       SSL_OP_CIPHER_SERVER_PREFERENCE |
+					       SSL_OP_IGNORE_UNEXPECTED_EOF);
+	return c;
+}
+
+/* A management certificate on a token: this process opens the token itself
+ * (it needs the token's pinFile) and signs each full handshake on it, one
+ * at a time (a PKCS#11 session does one operation at a time). */
+static pthread_mutex_t token_sign_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int token_sign(struct hsm_key *k, CK_MECHANISM_TYPE mech, const unsigned char *in,
+		      size_t inlen, unsigned char *out, size_t *outlen)
+{
+	CK_RV rv;
+
+	pthread_mutex_lock(&token_sign_lock);
+	rv = p11_sign(k->token, k->handle, mech, in, inlen, out, outlen);
+	pthread_mutex_unlock(&token_sign_lock);
+	k->last_rv = rv;
+	return rv == CKR_OK ? 0 : -1;
+}
+
+static int token_identity(const struct config *cfg, X509 **cert, EVP_PKEY **pkey, char *err,
+			  size_t errlen)
+{
+	const struct token_cfg *tc = NULL;
+	struct p11_module *mod;
+	struct p11_token *tok;
+	struct p11_uri uri;
+	struct p11_cert c;
+	CK_OBJECT_HANDLE key;
+	unsigned char thumb[32];
+	size_t tl = 0;
+	char pin[256], e[512];
+	unsigned int i;
+
+	for (i = 0; i < cfg->ntokens; i++)
+		if (!cfg->mgmt.cert_token || !strcmp(cfg->tokens[i].name, cfg->mgmt.cert_token))
+			tc = &cfg->tokens[i];
+	if (!tc || !tc->pin_file) {
+		snprintf(err, errlen,
+			 "$.management.certificateHash: the token needs a pinFile (this process "
+			 "logs in at start)");
+		return -1;
+	}
+	if (p11_thumbprint_parse(cfg->mgmt.cert_hash, thumb, &tl, e, sizeof(e)) == -1 ||
+	    p11_uri_parse(tc->uri, &uri, e, sizeof(e)) == -1 ||
+	    p11_pin_file_read(tc->pin_file, pin, sizeof(pin), e, sizeof(e)) == -1)
+		goto fail;
+	mod = p11_module_load(tc->module, e, sizeof(e));
+	tok = mod ? p11_token_open(mod, &uri, e, sizeof(e)) : NULL;
+	if (!tok || p11_token_login(tok, pin, e, sizeof(e)) == -1) {
+		OPENSSL_cleanse(pin, sizeof(pin));
+		goto fail;
+	}
+	OPENSSL_cleanse(pin, sizeof(pin));
+	memset(&c, 0, sizeof(c));
+	if (p11_cert_find(tok, thumb, tl, &c, e, sizeof(e)) == -1 ||
+	    p11_key_find_for_cert(tok, &c, &key, e, sizeof(e)) == -1 ||
+	    !(*pkey = hsm_key_new(tok, key, c.x509, e, sizeof(e)))) {
+		X509_free(c.x509);
+		goto fail;
+	}
+	hsm_key_of(*pkey)->sign_hook = token_sign;
+	*cert = c.x509;
+	return 0; /* the token stays open for the life of the process */
+fail:
+	snprintf(err, errlen, "$.management.certificateHash: %s", e);
+	return -1;
+}
+
 static int tls_setup(const struct config *cfg, char *err, size_t errlen)
 {
 	char crt[512], key[512];
 	struct stat st;
 
+	if (cfg->mgmt.cert_hash) {
+		X509 *x = NULL;
+		EVP_PKEY *pk = NULL;
+
+		if (token_identity(cfg, &x, &pk, err, errlen) == -1)
+			return -1;
+		ctx = ctx_new();
+		if (!ctx || SSL_CTX_use_certificate(ctx, x) != 1 ||
+		    SSL_CTX_use_PrivateKey(ctx, pk) != 1) {
+			snprintf(err, errlen, "$.management.certificateHash: OpenSSL refused it");
+			X509_free(x);
+			EVP_PKEY_free(pk);
+			return -1;
+		}
+		X509_free(x);
+		EVP_PKEY_free(pk); /* the context holds them */
+		LOGI("management certificate: on token, thumbprint %s", cfg->mgmt.cert_hash);
+		return 0;
+	}
 	if (cfg->mgmt.cert_file) {
 		snprintf(crt, sizeof(crt), "%s", cfg->mgmt.cert_file);
 		snprintf(key, sizeof(key), "%s", cfg->mgmt.key_file);
@@ -286,10 +390,8 @@ static int tls_setup(const struct config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "%.500s: a private key must be mode 0600 or stricter", key);
 		return -1;
 	}
-	ctx = SSL_CTX_new(TLS_server_method());
-	if (!ctx || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
-	    !SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") ||
-	    SSL_CTX_use_certificate_chain_file(ctx, crt) != 1 ||
+	ctx = ctx_new();
+	if (!ctx || SSL_CTX_use_certificate_chain_file(ctx, crt) != 1 ||
 	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
 	    SSL_CTX_check_private_key(ctx) != 1) {
 		unsigned long e = ERR_peek_last_error();
@@ -298,9 +400,6 @@ static int tls_setup(const struct config *cfg, char *err, size_t errlen)
 			 e ? ERR_reason_error_string(e) : "failed", crt, key);
 		return -1;
 	}
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-					 SSL_OP_CIPHER_SERVER_PREFERENCE |
-					 SSL_OP_IGNORE_UNEXPECTED_EOF);
 	return 0;
 }
 
