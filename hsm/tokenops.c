@@ -80,7 +80,7 @@ X509_NAME *tokop_parse_subject(const char *s, char *err, size_t errlen)
 		goto fail;
 	}
 	if (*p != '/') {
-		snprintf(err, errlen, "%.200s: expected /CN=name/O=org...", s);
+		snprintf(err, errlen, "subject \"%.200s\": expected /CN=name/O=org...", s);
 		goto fail;
 	}
 	while (*p == '/') {
@@ -99,7 +99,7 @@ X509_NAME *tokop_parse_subject(const char *s, char *err, size_t errlen)
 			break; /* trailing '/' */
 		eq = strchr(buf, '=');
 		if (!eq || eq == buf) {
-			snprintf(err, errlen, "%.200s: each part is TYPE=value", s);
+			snprintf(err, errlen, "subject \"%.200s\": each part is TYPE=value", s);
 			goto fail;
 		}
 		*eq = '\0';
@@ -107,22 +107,22 @@ X509_NAME *tokop_parse_subject(const char *s, char *err, size_t errlen)
 		val = eq + 1;
 		nid = OBJ_txt2nid(typ);
 		if (nid == NID_undef) {
-			snprintf(err, errlen, "unknown attribute type %.64s", typ);
+			snprintf(err, errlen, "subject: unknown attribute type %.64s", typ);
 			goto fail;
 		}
 		if (!*val) {
-			snprintf(err, errlen, "%.64s has an empty value", typ);
+			snprintf(err, errlen, "subject: %.64s has an empty value", typ);
 			goto fail;
 		}
 		if (!X509_NAME_add_entry_by_NID(name, nid, MBSTRING_UTF8, (unsigned char *)val, -1,
 						-1, 0)) {
-			snprintf(err, errlen, "%.64s=%.128s: %s", typ, val,
+			snprintf(err, errlen, "subject: %.64s=%.128s: %s", typ, val,
 				 ossl_reason("invalid value"));
 			goto fail;
 		}
 	}
 	if (X509_NAME_entry_count(name) == 0) {
-		snprintf(err, errlen, "%.200s: no attributes", s);
+		snprintf(err, errlen, "subject \"%.200s\": no attributes", s);
 		goto fail;
 	}
 	free(buf);

@@ -633,7 +633,8 @@ static int serve_one(struct conn *c)
 out:
 	if (body)
 		OPENSSL_cleanse(body, (size_t)r.content_length); /* passwords, PINs */
-	OPENSSL_cleanse(c->in, sizeof(c->in));
+	/* what was read and used (a pipelined next request stays) */
+	OPENSSL_cleanse(c->in + c->in_len, sizeof(c->in) - c->in_len);
 	free(body);
 	free(method);
 	free(path);
