@@ -29,7 +29,7 @@ PCRE_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 CFLAGS := -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
 P11_CFLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
-CPPFLAGS := -D_GNU_SOURCE -I$(O)/include -Ifirmware -Ihsm -DFG_VERSION='"$(VERSION)"' \
+CPPFLAGS := -D_GNU_SOURCE -I$(O)/include -Ifirmware -Ihsm \
 	$(PCRE_CFLAGS) $(P11_CFLAGS) -DOPENSSL_API_COMPAT=30000 -DOPENSSL_SUPPRESS_DEPRECATED
 LDLIBS := $(PCRE_LIBS) -lssl -lcrypto -ldl -lpthread
 
@@ -161,7 +161,7 @@ $(O)/gen/ui_assets.c $(O)/gen/ui_assets.h: tools/embed_assets.py $(UI_FILES)
 	@echo "  EMBED   web-ui"
 	$(Q)$(PY) tools/embed_assets.py $(O)/gen/ui_assets.c $(UI_FILES)
 
-$(O)/obj/gen/ui_assets.o: $(O)/gen/ui_assets.c
+$(O)/obj/gen/ui_assets.o: $(O)/gen/ui_assets.c | $(VERSION_H)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -I$(O)/gen -c -o $@ $<
@@ -175,7 +175,17 @@ $(SHIM): tests/pkcs11-shim/shim.c
 	@echo "  CC      $@"
 	$(Q)$(CC) -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC -shared $(P11_CFLAGS) -o $@ $< -ldl -lpthread
 
-$(O)/obj/%.o: %.c $(AUTOCONF) $(BUILDOPTS)
+# the version in one generated header, rewritten only when it changes, so
+# exactly the objects that print it are rebuilt (-MMD) and always agree
+VERSION_H := $(O)/include/fgversion.h
+$(VERSION_H): FORCE
+	@mkdir -p $(dir $@)
+	$(Q)printf '#ifndef FG_VERSION\n#define FG_VERSION "%s"\n#endif\n' '$(VERSION)' > $@.tmp; \
+	cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+FORCE:
+.PHONY: FORCE
+
+$(O)/obj/%.o: %.c $(AUTOCONF) $(BUILDOPTS) | $(VERSION_H)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -include $(AUTOCONF) -c -o $@ $<

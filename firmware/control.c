@@ -674,7 +674,7 @@ static int token_login(struct p11_token *t, void *arg)
 static void token_login_done(struct ctl_conn *c, void *arg, int rc)
 {
 	struct token_job *j = arg;
-	struct fg_token *tok = tls_token_find(c->farm);
+	struct fg_token *tok = tls_token_find(proxy_config(), c->farm);
 	char err[1024];
 
 	c->out.len = 0;
@@ -785,14 +785,20 @@ static void token_op_done(struct ctl_conn *c, void *arg, int rc)
 
 static void jb_tokens(struct jbuf *b)
 {
-	struct fg_token *t;
+	const struct config *cfg = proxy_config();
+	unsigned int i;
 	int n = 0;
 
 	jb_lit(b, "{\"ok\":true,\"tokens\":[");
-	for (t = tls_token_next(NULL); t; t = tls_token_next(t)) {
-		const struct sign_stats *st = signer_stats(t->signer);
-		unsigned long long cnt = atomic_load(&st->count);
+	for (i = 0; cfg && i < cfg->ntokens; i++) {
+		struct fg_token *t = tls_token_of(&cfg->tokens[i]);
+		const struct sign_stats *st;
+		unsigned long long cnt;
 
+		if (!t)
+			continue;
+		st = signer_stats(t->signer);
+		cnt = atomic_load(&st->count);
 		if (n++)
 			jb_lit(b, ",");
 		jb_lit(b, "{\"name\":");
@@ -876,7 +882,7 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 	}
 	if (!strcmp(op, "token")) {
 		const char *tn = str_member(req, "token");
-		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
+		struct fg_token *tok = tn ? tls_token_find(proxy_config(), tn) : NULL;
 		struct token_job *j;
 
 		if (!tok) {
@@ -893,7 +899,7 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 	}
 	if (!strcmp(op, "token-login")) {
 		const char *tn = str_member(req, "token"), *pin = str_member(req, "pin");
-		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
+		struct fg_token *tok = tn ? tls_token_find(proxy_config(), tn) : NULL;
 		struct token_job *j;
 
 		if (!tok) {
@@ -924,7 +930,7 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 	if (!strcmp(op, "token-keygen") || !strcmp(op, "token-csr") ||
 	    !strcmp(op, "token-import-cert") || !strcmp(op, "token-import-pfx")) {
 		const char *tn = str_member(req, "token"), *label = str_member(req, "label");
-		struct fg_token *tok = tn ? tls_token_find(tn) : NULL;
+		struct fg_token *tok = tn ? tls_token_find(proxy_config(), tn) : NULL;
 		int (*fn)(struct p11_token *, void *) = token_keygen;
 		struct token_job *j;
 		enum p11_key_kind kind;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "buildopts.h"
+#include "fgversion.h"
 #include "cfg.h"
 #include "control.h"
 #include "ev.h"

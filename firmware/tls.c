@@ -115,6 +115,36 @@ static void token_free(struct fg_token *t)
 	free(t);
 }
 
+static int pin_is(struct p11_token *tok, void *arg)
+{
+	return p11_token_pin_is(tok, arg);
+}
+
+/* A reload that finds a token open already: its pinFile must still hold the
+ * PIN it logged in with (a token cannot be asked to check another PIN while
+ * logged in), so that what runs is what a restart would run. */
+static int token_pin_still(struct fg_token *t, const struct token_cfg *tc, unsigned int i,
+			   char *err, size_t errlen)
+{
+	char pin[256], e[512];
+	int same;
+
+	if (!tc->pin_file || signer_awaiting_pin(t->signer))
+		return 1;
+	if (p11_pin_file_read(tc->pin_file, pin, sizeof(pin), e, sizeof(e)) == -1) {
+		snprintf(err, errlen, "$.tokens[%u].pinFile: %s", i, e);
+		return 0;
+	}
+	same = signer_call(t->signer, pin_is, pin) == 1;
+	OPENSSL_cleanse(pin, sizeof(pin));
+	if (!same)
+		snprintf(err, errlen,
+			 "$.tokens[%u].pinFile: holds another PIN than the one token %s is logged "
+			 "in with; restart farmgated to use a new PIN",
+			 i, tc->name);
+	return same;
+}
+
 /* Opens, logs in and starts the signer of one configured token, or returns
  * the one already open. The PIN is read from its file, used once, wiped. */
 static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, char *err,
@@ -131,7 +161,16 @@ static struct fg_token *token_get(const struct token_cfg *tc, unsigned int i, ch
 	{
 		t = container_of(pos, struct fg_token, link);
 		if (same_token(t, tc))
-			return t;
+			return token_pin_still(t, tc, i, err, errlen) ? t : NULL;
+	}
+	/* the same token under another name or pinFile: a login there would
+	 * be taken without checking the PIN (PKCS#11 logs in per process) */
+	list_for_each_safe(pos, tmp, &T.tokens)
+	{
+		t = container_of(pos, struct fg_token, link);
+		if (!strcmp(t->module, tc->module) && !strcmp(t->uri, tc->uri) &&
+		    !token_pin_still(t, tc, i, err, errlen))
+			return NULL;
 	}
 	if (p11_uri_parse(tc->uri, &uri, e, sizeof(e)) == -1) {
 		snprintf(err, errlen, "$.tokens[%u].uri: %s", i, e);
@@ -773,22 +812,28 @@ void tls_async_watch(struct ev_loop *loop, SSL *ssl, struct ev_fd *aev,
 
 /* ---- the open tokens, for the control socket -------------------------------- */
 
-struct fg_token *tls_token_next(struct fg_token *prev)
+struct fg_token *tls_token_of(const struct token_cfg *tc)
 {
-	struct list *n;
+	struct list *pos, *tmp;
 
 	if (!T.inited)
 		return NULL;
-	n = prev ? prev->link.next : T.tokens.next;
-	return n == &T.tokens ? NULL : container_of(n, struct fg_token, link);
+	list_for_each_safe(pos, tmp, &T.tokens)
+	{
+		struct fg_token *t = container_of(pos, struct fg_token, link);
+
+		if (same_token(t, tc))
+			return t;
+	}
+	return NULL;
 }
 
-struct fg_token *tls_token_find(const char *name)
+struct fg_token *tls_token_find(const struct config *cfg, const char *name)
 {
-	struct fg_token *t;
+	unsigned int i;
 
-	for (t = tls_token_next(NULL); t; t = tls_token_next(t))
-		if (!strcmp(t->name, name))
-			return t;
+	for (i = 0; cfg && i < cfg->ntokens; i++)
+		if (!strcmp(cfg->tokens[i].name, name))
+			return tls_token_of(&cfg->tokens[i]);
 	return NULL;
 }

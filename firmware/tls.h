@@ -105,10 +105,11 @@ void tls_forget_sessions(struct config *cfg, struct fg_token *tok);
 /* Logs signature counters per token and per farm. */
 void tls_log_stats(const struct config *cfg);
 
-/* The open tokens in the order they were opened (NULL starts, NULL ends),
- * and one by name. */
-struct fg_token *tls_token_next(struct fg_token *prev);
-struct fg_token *tls_token_find(const char *name);
+/* The open token of one configured in cfg (by name), or of a token_cfg.
+ * Tokens stay open for the life of the process; these see only those the
+ * configuration names now. */
+struct fg_token *tls_token_find(const struct config *cfg, const char *name);
+struct fg_token *tls_token_of(const struct token_cfg *tc);
 
 /* A handshake paused in an ASYNC job on a token signature: the signer's
  * wait fd goes into the loop (tls_async_watch, after SSL_ERROR_WANT_ASYNC);

@@ -1339,6 +1339,13 @@ int p11_token_login(struct p11_token *t, const char *pin, char *err, size_t errl
 	return r;
 }
 
+int p11_token_pin_is(const struct p11_token *t, const char *pin)
+{
+	size_t n = strlen(pin);
+
+	return t->have_pin && n == t->pin_len && CRYPTO_memcmp(pin, t->pin, n) == 0;
+}
+
 int p11_token_pin_failed(const struct p11_token *t)
 {
 	return t->pin_failed;

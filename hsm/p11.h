@@ -161,6 +161,9 @@ int p11_token_login(struct p11_token *t, const char *pin, char *err, size_t errl
 /* 1 when the last PIN given to t was refused (recover will not log in). */
 int p11_token_pin_failed(const struct p11_token *t);
 
+/* 1 if t logged in with exactly this PIN (constant time). */
+int p11_token_pin_is(const struct p11_token *t, const char *pin);
+
 /* Fresh C_GetTokenInfo flags (test with CKF_USER_PIN_COUNT_LOW,
  * CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED...); the last known flags
  * when the token cannot be asked. */

@@ -29,6 +29,7 @@
 #include <openssl/x509v3.h>
 
 #include "buildopts.h"
+#include "fgversion.h"
 #include "cfg.h"
 #include "http1.h"
 #include "key.h"
@@ -595,8 +596,12 @@ static int serve_one(struct conn *c)
 		memcpy(body, c->in + n, take);
 		memmove(c->in, c->in + n + take, c->in_len - (size_t)n - take);
 		c->in_len -= (size_t)n + take;
+		/* the body has its deadline too: 20 s, plus 1 s per 64 KB */
+		c->deadline = time(NULL) + HEAD_DEADLINE_S + (time_t)(len >> 16);
 		while (take < len) {
-			int k = SSL_read(c->ssl, body + take, (int)(len - take));
+			int k = time(NULL) > c->deadline
+					? 0
+					: SSL_read(c->ssl, body + take, (int)(len - take));
 
 			if (k <= 0) {
 				keep = 0;

@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 
 #include "buildopts.h"
+#include "fgversion.h"
 #include "cfg.h"
 #include "json.h"
 #include "log.h"
