@@ -18,9 +18,13 @@
   bytes on the wire; keeps the session cookie and the CSRF token; state changes get
   ``X-CSRF-Token`` and ``Origin: https://127.0.0.1:<port>`` unless told otherwise.
   Answers are harness.HttpResponse objects (plus ``.json()``).
+* :class:`MgmtConnection` (``client.keepalive()``) -- one keep-alive HTTP/1.1 connection
+  (http.client, no ``Connection: close``) carrying the client's session; it never
+  reconnects, so a request after the server closed it raises.
 """
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -30,8 +34,8 @@ import ssl
 import subprocess
 
 import harness
-from harness import (SanitizerError, build_request, free_port, parse_response, sanitizer_report,
-                     wait_port)
+from harness import (HttpResponse, SanitizerError, build_request, free_port, parse_response,
+                     sanitizer_report, wait_port)
 
 PASSWORD = "correct horse battery staple"
 
@@ -325,6 +329,93 @@ class MgmtClient:
 
     def basic(self, password, user="admin"):
         return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+
+    def keepalive(self, connect=True):
+        """A MgmtConnection with this client's session (cookie, CSRF token), from its
+        source address; connected (TLS handshake done) unless connect=False."""
+        c = MgmtConnection(self)
+        if connect:
+            c.connect()
+        return c
+
+
+class MgmtConnection:
+    """One keep-alive HTTPS connection to farmgate-mgmt (http.client: HTTP/1.1, no
+    Connection: close) with a MgmtClient's session. It never reconnects: once the server
+    closed it, .request() raises (http.client.NotConnected, RemoteDisconnected, an
+    ssl/socket error). .local is the (address, port) it was opened from."""
+
+    def __init__(self, client):
+        self.c = client
+        m = client.m
+        self.conn = http.client.HTTPSConnection(
+            m.host, m.port, context=client.ctx, timeout=client.timeout,
+            source_address=(client.source, 0) if client.source else None)
+        self.local = None
+
+    def connect(self):
+        """TCP connect and TLS handshake; raises if the server refuses or closes."""
+        self.conn.connect()
+        self.conn.auto_open = 0
+        self.local = self.conn.sock.getsockname()
+        return self
+
+    @property
+    def open(self):
+        return self.conn.sock is not None
+
+    def request(self, method, path, body=None, headers=(), csrf=None, origin=None):
+        """Like MgmtClient.request (csrf / origin: None = automatic for state changes,
+        False = not sent, a string = that value). Returns a harness.HttpResponse (plus
+        .json())."""
+        c = self.c
+        hs = {}
+        if c.sid:
+            hs["Cookie"] = "__Host-fgsid=" + c.sid
+        state_change = method not in ("GET", "HEAD")
+        if csrf is None and state_change and c.csrf:
+            csrf = c.csrf
+        if csrf:
+            hs["X-CSRF-Token"] = csrf
+        if origin is None and state_change:
+            origin = c.m.origin
+        if origin:
+            hs["Origin"] = origin
+        data = None
+        if body is not None:
+            if isinstance(body, (str, bytes)):
+                data = body.encode() if isinstance(body, str) else body
+            else:
+                data = json.dumps(body).encode()
+                hs["Content-Type"] = "application/json"
+        elif state_change:
+            data = b""
+        for k, v in headers:
+            hs[k] = v
+        self.conn.request(method, path, body=data, headers=hs)
+        resp = self.conn.getresponse()
+        r = HttpResponse()
+        r.version = "HTTP/1.1" if resp.version == 11 else "HTTP/1.0"
+        r.status = resp.status
+        r.reason = resp.reason
+        r.headers = list(resp.getheaders())
+        r.body = resp.read()
+        r.complete = True
+        r.json = lambda r=r: _json_of(r)
+        c._cookies(r)
+        return r
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path, body=None, **kw):
+        return self.request("PUT", path, body, **kw)
+
+    def close(self):
+        self.conn.close()
 
 
 def start_stack(env, cfg, mgmt_address="127.0.0.1", data_dir=None, fg_kw=None):

@@ -4,27 +4,36 @@ file system), and the security list of issue 6 (401 for every route however it i
 CSRF / Origin / Sec-Fetch-Site, GET never changes state, cookie flags, session rotation,
 logout and password change, login throttling, security headers on every answer, nothing
 taken from client headers, not reachable through a data-plane listener, file modes, no
-default password) and the audit log.
+default password) and the audit log; tokens over the API (listing, certificates with their
+thumbprints, key generation, CSR, certificate import and its use by a farm, PIN entry),
+GET /logs (and no PIN anywhere), keep-alive, the per-address connection limit and stalled
+request heads.
 
-Not covered (not implemented yet): /tokens/*, /logs, /config/previous.
+Not covered here: POST /tokens/{t}/pfx, GET /config/previous, a management certificate from a
+token.
 
 farmgate-mgmt is started beside the build's farmgated (tests/integration/mgmt_client.py);
 scrypt makes every setup / login / password check cost ~0.1 s, so the tests log in once and
 keep the session.
 """
 
+import base64
+import http.client
 import json
 import os
 import re
 import socket
+import ssl
 import stat
 import subprocess
 import threading
 import time
 
-from harness import (Farmgated, Reply, arr_lb_rule, farm, free_port, http_request, make_config,
-                     one_farm_config, raw_request, rule, server, wait_for)
+from harness import (Farmgated, Reply, arr_lb_rule, build_request, farm, free_port, http_request,
+                     make_config, one_farm_config, parse_responses, raw_request, rule, server,
+                     wait_for)
 from mgmt_client import PASSWORD, Mgmt, start_stack
+from pki import OPENSSL, SOFTHSM, Pki, SoftToken, TlsNginx, run, sha1_hex, sha256_hex
 
 HOST = "web.local"
 API = "/api/v1"
@@ -820,6 +829,10 @@ def _routes(port):
         ("POST", "/api/v1/auth/logout", None), ("POST", "/api/v1/auth/password",
                                                 {"current": PASSWORD, "password": "x" * 12}),
         ("GET", "/api/v1/tokens", None), ("GET", "/api/v1/logs", None),
+        ("GET", "/api/v1/tokens/t/certificates", None),
+        ("POST", "/api/v1/tokens/t/keys", {"type": "EC-P256", "label": "k"}),
+        ("POST", "/api/v1/tokens/t/csr", {"keyLabel": "k", "subject": "/CN=k"}),
+        ("POST", "/api/v1/tokens/t/certificates", {"pem": "x"}), ("POST", "/api/v1/tokens/t/pin", {"pin": "1234"}),
         ("OPTIONS", "/api/v1/status", None), ("TRACE", "/api/v1/status", None),
     ]
 
@@ -1275,3 +1288,581 @@ def test_audit_log_records_who_did_what(env):
         assert len(f) >= 4 and f[1] in ("127.0.0.1", "127.0.0.2"), "a forged or torn audit line: %r" % line
     assert len(lines) - 1 == len(entries), "GET /audit and the file disagree"
     assert len(entries) == len(m.audit_entries())
+
+
+# --------------------------------------------------------------------------
+# 5. tokens, logs and connections
+# --------------------------------------------------------------------------
+
+TOKEN = "hsm1"
+SECURE_HOST = "secure.local"
+
+
+def _token_stack(env, tok, extra_tokens=(), farms=None, rules=None):
+    """farmgated + farmgate-mgmt with tok configured as "hsm1" in $.tokens (and extra_tokens
+    after it) and no farm using it; backend A behind farm "web". Returns (fg, m, admin, a)."""
+    a = env.backend(name="A")
+    cfg = make_config(farms=[farm("web", [server(a.port)])] + list(farms or []),
+                      rules=[arr_lb_rule("web", HOST)] + list(rules or []),
+                      tokens=[tok.token_cfg(TOKEN)] + list(extra_tokens))
+    fg, m = start_stack(env, cfg)
+    return fg, m, m.setup(), a
+
+
+def _token_serials(tok):
+    """{token label: serial} as pkcs11-tool -L reads them from SoftHSM directly."""
+    out = run(["/usr/bin/pkcs11-tool", "--module", SOFTHSM, "-L"], env=tok.penv, cwd=tok.dir)[1]
+    got = {}
+    for block in out.split("Slot ")[1:]:
+        lab = re.search(r"token label\s*:\s*(\S+)", block)
+        ser = re.search(r"serial num\s*:\s*(\S+)", block)
+        if lab and ser:
+            got[lab.group(1)] = ser.group(1)
+    return got
+
+
+def _not_after_iso(crt):
+    """The certificate's notAfter as 2026-01-02T03:04:05Z (openssl x509 -dateopt iso_8601)."""
+    out = run([OPENSSL, "x509", "-in", crt, "-noout", "-enddate", "-dateopt", "iso_8601"])[1]
+    return out.strip().split("=", 1)[1].replace(" ", "T")
+
+
+def _csr_ec_point(path):
+    """The uncompressed EC point (hex) of a P-256 CSR's public key, read by openssl."""
+    out = run([OPENSSL, "req", "-in", path, "-noout", "-pubkey"])[1]
+    der = base64.b64decode("".join(l for l in out.splitlines() if l and not l.startswith("-----")))
+    assert len(der) == 91, "not a P-256 SubjectPublicKeyInfo (%d bytes): %s" % (len(der), out)
+    return der[-65:].hex()
+
+
+def _token_ec_point(tok, key_id):
+    """The EC point (hex) of the public key object with CKA_ID key_id, as pkcs11-tool lists
+    it (its DER OCTET STRING wrapper removed)."""
+    objs, out = tok.objects()
+    pts = [o.get("EC_POINT", "").lower() for kind, o in objs
+           if kind.startswith("Public Key Object") and o.get("ID", "").lower() == key_id.lower()]
+    assert len(pts) == 1 and pts[0], "expected one EC public key with id %s on the token:\n%s" % (key_id, out)
+    p = pts[0]
+    return p[4:] if p.startswith("0441") else p
+
+
+def _private_key_labels(tok):
+    return [o.get("label") for kind, o in tok.objects()[0] if kind.startswith("Private Key Object")]
+
+
+def test_tokens_listed_with_their_certificates_before_any_farm_uses_them(env):
+    """A SoftHSM token in $.tokens that no farm uses yet is opened and listed by GET /tokens
+    (label, serial as pkcs11-tool reads them, logged in, mechanisms, certificateCount);
+    GET /tokens/{t}/certificates lists the certificate made on it beforehand with the
+    SHA-1 / SHA-256 of the certificate file, its key's id, subject, issuer, notAfter and key
+    type. An unknown token is 404 (GET and POST), other paths under /tokens 404."""
+    ca = Pki(env, "ca")
+    tok = SoftToken(env)
+    cert = tok.client_cert(ca, "ec256", "appliance")
+    fg, m, admin, a = _token_stack(env, tok)
+
+    toks = ok(admin.get(API + "/tokens"), "GET /tokens").json()["tokens"]
+    assert [t.get("name") for t in toks] == [TOKEN], "a configured token no farm uses must be listed: %s" % toks
+    t = toks[0]
+    assert t["module"] == SOFTHSM and t["uri"] == "pkcs11:token=" + tok.label, t
+    assert t["loggedIn"] is True, "the token (with its pinFile) is not logged in: %s" % t
+    assert t["label"] == tok.label, t
+    serials = _token_serials(tok)
+    assert t["serial"] == serials.get(tok.label), "serial %r, pkcs11-tool says %r" % (t["serial"], serials)
+    want_mechs = {"RSA-PKCS", "ECDSA", "RSA-PKCS-KEY-PAIR-GEN", "EC-KEY-PAIR-GEN"}
+    assert want_mechs <= set(t["mechanisms"]), "SoftHSM's mechanisms: %s" % t["mechanisms"]
+    assert t["certificateCount"] == 1, t
+    assert t["signatures"] == 0 and t["signatureErrors"] == 0, t
+    assert isinstance(t["pinFlags"], str), t
+
+    certs = ok(admin.get(API + "/tokens/%s/certificates" % TOKEN), "certificates").json()["certificates"]
+    assert len(certs) == 1, certs
+    c = certs[0]
+    assert c["sha1"] == cert.sha1 and c["sha256"] == cert.sha256, \
+        "thumbprints %s / %s, the certificate file's are %s / %s" % (c["sha1"], c["sha256"], cert.sha1, cert.sha256)
+    assert re.fullmatch(r"[0-9A-F]{40}", c["sha1"]) and re.fullmatch(r"[0-9A-F]{64}", c["sha256"]), c
+    assert c["label"] == "appliance" and c["id"].lower() == cert.key_id, c
+    assert "CN=appliance" in c["subject"] and "O=Farmgate tests" in c["subject"], c
+    assert "CN=Farmgate test ca" in c["issuer"], c
+    assert c["notAfter"] == _not_after_iso(cert.path), (c["notAfter"], _not_after_iso(cert.path))
+    assert c["keyType"] == "EC 256", c
+    conf = json.loads(read_bytes(fg.config_path))
+    assert not any("clientCert" in json.dumps(f) for f in conf["webFarms"]), "no farm uses the token"
+
+    r = expect(admin.get(API + "/tokens/nope/certificates"), 404, "certificates of an unknown token")
+    assert "nope" in r.json()["error"], r.text
+    expect(admin.post(API + "/tokens/nope/keys", {"type": "EC-P256", "label": "k"}), 404,
+           "keygen on an unknown token")
+    for p in ("/tokens/", "/tokens/%s" % TOKEN, "/tokens/%s/keys" % TOKEN, "/tokens/%s/certificates/x" % TOKEN):
+        expect(admin.get(API + p), 404, "GET " + p)
+    expect(admin.post(API + "/tokens/%s/nothing" % TOKEN, {}), 404, "POST to an unknown token route")
+    # nothing above made anything on the token
+    assert ok(admin.get(API + "/tokens"), "GET /tokens").json()["tokens"][0]["certificateCount"] == 1
+    assert _private_key_labels(tok) == ["appliance"], _private_key_labels(tok)
+
+
+def test_tokens_list_follows_the_configuration(env):
+    """GET /tokens lists the tokens of the running configuration, not every token opened
+    since the start: after PUT /config renames hsm1 (same token, same PIN file) only the new
+    name is listed and the old one is 404; after $.tokens is emptied none is listed."""
+    tok = SoftToken(env)
+    fg, m, admin, a = _token_stack(env, tok)
+    conf = json.loads(read_bytes(fg.config_path))
+    conf["tokens"] = [tok.token_cfg("renamed")]
+    ok(admin.put(API + "/config", conf), "rename the token")
+    names = [t["name"] for t in ok(admin.get(API + "/tokens"), "tokens").json()["tokens"]]
+    assert names == ["renamed"], "GET /tokens after renaming hsm1 to renamed: %s" % names
+    expect(admin.get(API + "/tokens/%s/certificates" % TOKEN), 404, "the old name")
+    ok(admin.get(API + "/tokens/renamed/certificates"), "the new name")
+    conf["tokens"] = []
+    ok(admin.put(API + "/config", conf), "no tokens")
+    names = [t["name"] for t in ok(admin.get(API + "/tokens"), "tokens").json()["tokens"]]
+    assert names == [], "GET /tokens with $.tokens empty: %s" % names
+    expect(admin.post(API + "/tokens/renamed/keys", {"type": "EC-P256", "label": "k"}), 404,
+           "keygen on a token no longer configured")
+
+
+def test_pin_file_with_a_wrong_pin_is_refused(env):
+    """PUT /config pointing the token at a PIN file with a wrong PIN is refused (farmgated
+    cannot log in with it: `farmgated -t` says so, and a restart would fail), the file left
+    as it was, even though the token is already logged in with the old PIN."""
+    tok = SoftToken(env)
+    fg, m, admin, a = _token_stack(env, tok)
+    before = read_bytes(fg.config_path)
+    wrong = tok.write_pin("Wrong-PIN-5d2c9e", "wrong.pin")
+    conf = json.loads(before)
+    conf["tokens"] = [tok.token_cfg(TOKEN, pin_file=wrong)]
+    p = env.cli("-t", "-c", env.write_json("wrong-pin.json", conf))
+    assert p.returncode != 0 and "PIN" in p.output, "farmgated -t with the wrong PIN file: %s" % p.output
+    r = admin.put(API + "/config", conf)
+    assert r.status in (400, 409) and "$.tokens[0]" in r.text, (
+        "PUT /config with a pinFile holding a wrong PIN was answered %s although `farmgated -t` "
+        "refuses the same file (%s): the running farmgated took it because the token was already "
+        "logged in" % (r.summary(), p.output.strip()))
+    assert read_bytes(fg.config_path) == before, "the refused configuration stayed on disk"
+
+
+def _secure_farm(port, ca_file, thumb=None):
+    proto = {"preserveHostHeader": False, "backendCaFile": ca_file}
+    if thumb:
+        proto["clientCertHash"] = thumb
+    return {"name": "secure",
+            "servers": [{"address": "127.0.0.1", "httpsPort": port, "hostName": "secure.internal"}],
+            "protocol": proto}
+
+
+def _secure_rule():
+    return {"name": "ARR_secure_loadbalance", "patternSyntax": "Wildcard", "stopProcessing": True,
+            "match": {"url": "*"}, "conditions": [{"input": "{HTTP_HOST}", "pattern": SECURE_HOST}],
+            "action": {"type": "Rewrite", "url": "https://secure/{R:0}"}}
+
+
+def test_token_keygen_csr_import_audit_and_use_by_a_farm(env):
+    """Through the API, on a token no farm uses: POST /keys makes an EC-P256 key (sensitive,
+    never extractable on the token; a second one with the same label is 400 naming it, a bad
+    type 400); POST /csr gives a CSR that openssl verifies, with the subject and SAN asked
+    for and the token key's public key; signed by a CA and imported with POST /certificates
+    it answers the certificate's thumbprints and is listed beside its key; the same
+    certificate again is 400 "already on token", one whose key is not on the token 400. Its
+    SHA-256 as farm secure's clientCertHash (PUT /farms/secure) applies and the TLS backend,
+    which refused the farm before, sees that client certificate. Without the CSRF token or
+    with another Origin these POSTs are 403 and do nothing; the audit log has exactly the
+    three operations that happened, each with the client's address."""
+    ca = Pki(env, "ca")
+    tok = SoftToken(env)
+    crt, key = ca.server_cert("secure-be", ["DNS:secure.internal"])
+    ng = TlsNginx(env, crt, key, client_ca=ca.crt, name="secure").start()
+    fg, m, admin, a = _token_stack(env, tok, farms=[_secure_farm(ng.port, ca.crt)], rules=[_secure_rule()])
+    r = dp_get(fg, "/before", host=SECURE_HOST)
+    assert r.status == 400 and b"user=" not in r.body, "farm secure without a client certificate: " + r.summary()
+    T = API + "/tokens/" + TOKEN
+    keygen = {"type": "EC-P256", "label": "web-client"}
+    csr_req = {"keyLabel": "web-client", "subject": "/CN=x.test/O=Farmgate", "san": ["DNS:x.test"]}
+
+    # CSRF / Origin first: refused, and nothing made on the token
+    for what, kw in (("no CSRF token", dict(csrf=False)), ("a wrong CSRF token", dict(csrf="0" * 32)),
+                     ("a foreign Origin", dict(origin="https://evil.example")),
+                     ("neither Origin nor Sec-Fetch-Site", dict(origin=False)),
+                     ("Sec-Fetch-Site: cross-site", dict(headers=[("Sec-Fetch-Site", "cross-site")]))):
+        for path, body in (("/keys", keygen), ("/csr", csr_req), ("/certificates", {"pem": "x"})):
+            r = admin.post(T + path, body, **kw)
+            assert r.status == 403, "POST %s with %s: %s" % (path, what, r.summary())
+    assert _private_key_labels(tok) == [], "a refused keygen made a key: %s" % _private_key_labels(tok)
+
+    r = ok(admin.post(T + "/keys", keygen), "keygen").json()
+    assert r.get("label") == "web-client" and re.fullmatch(r"[0-9a-f]+", r.get("id") or ""), r
+    key_id = r["id"]
+    access, listing = tok.private_key_access(key_id=key_id)
+    assert {"sensitive", "never extractable", "local"} <= access and "extractable" not in access, \
+        "the generated key's attributes: %s\n%s" % (access, listing)
+    r = expect(admin.post(T + "/keys", keygen), 400, "a second key labelled web-client")
+    assert "web-client" in r.json()["error"], r.text
+    for bad in ({"type": "EC-P521", "label": "k2"}, {"type": "DSA-1024", "label": "k2"},
+                {"type": "", "label": "k2"}, {"label": "k2"}, {"type": "EC-P256"},
+                {"type": "EC-P256", "label": ""}):
+        expect(admin.post(T + "/keys", bad), 400, "keygen with %s" % bad)
+    expect(admin.post(T + "/keys", "not json"), 400, "keygen with a body that is not JSON")
+    assert _private_key_labels(tok) == ["web-client"], _private_key_labels(tok)
+
+    # the CSR, asked for from another address (the audit log must name it)
+    other = m.login(source="127.0.0.2")
+    r = ok(other.post(T + "/csr", csr_req), "CSR").json()
+    pem = r.get("csr") or ""
+    assert pem.startswith("-----BEGIN CERTIFICATE REQUEST-----"), r
+    csr_path = env.path("x.csr")
+    with open(csr_path, "w") as f:
+        f.write(pem)
+    rc, out = run([OPENSSL, "req", "-in", csr_path, "-verify", "-noout", "-text"], check=False)
+    assert rc == 0 and "verify OK" in out, "openssl req -verify refused the CSR:\n" + out
+    assert re.search(r"Subject: CN ?= ?x\.test, O ?= ?Farmgate\n", out), out
+    assert "DNS:x.test" in out, "the CSR lacks the SAN asked for:\n" + out
+    assert _csr_ec_point(csr_path) == _token_ec_point(tok, key_id), \
+        "the CSR's public key is not the token key's"
+    for bad, what in (({"keyLabel": "no-such-key", "subject": "/CN=y"}, "no-such-key"),
+                      ({"keyLabel": "web-client"}, "subject"),
+                      ({"keyLabel": "web-client", "subject": "CN=y"}, "CN=y"),
+                      ({"keyLabel": "web-client", "subject": "/CN=y", "san": ["BOGUS:y"]}, "BOGUS")):
+        r = expect(admin.post(T + "/csr", bad), 400, "CSR with %s" % bad)
+        assert what in r.json()["error"], "the error should name %r: %s" % (what, r.text)
+
+    # signed by the CA, imported beside its key
+    crt_path = ca.sign_csr(csr_path, env.path("x.crt"), san=["DNS:x.test"], usage="clientAuth")
+    sha1, sha256 = sha1_hex(crt_path), sha256_hex(crt_path)
+    with open(crt_path) as f:
+        cert_pem = f.read()
+    r = ok(admin.post(T + "/certificates", {"pem": cert_pem}), "import").json()
+    assert r.get("sha1") == sha1 and r.get("sha256") == sha256, \
+        "import answered %s; the certificate's thumbprints are %s / %s" % (r, sha1, sha256)
+    assert r.get("label") == "web-client", "the certificate should take its key's label: %s" % r
+    certs = ok(admin.get(T + "/certificates"), "certificates").json()["certificates"]
+    mine = [c for c in certs if c["sha256"] == sha256]
+    assert len(mine) == 1 and mine[0]["id"].lower() == key_id.lower() and mine[0]["sha1"] == sha1, \
+        "the imported certificate is not listed beside its key (id %s): %s" % (key_id, certs)
+    assert "CN=x.test" in mine[0]["subject"] and mine[0]["keyType"] == "EC 256", mine[0]
+    r = expect(admin.post(T + "/certificates", {"pem": cert_pem}), 400, "the same certificate again")
+    assert "already on token" in r.json()["error"], r.text
+    sw_crt, _ = ca.software_client("sw-client", "sw-client", key_type="ec")
+    with open(sw_crt) as f:
+        r = expect(admin.post(T + "/certificates", {"pem": f.read()}), 400,
+                   "a certificate whose key is not on the token")
+    assert sha1_hex(sw_crt) in r.json()["error"] or "private key" in r.json()["error"], r.text
+    for bad in ({"pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, {"pem": ""}, {}):
+        expect(admin.post(T + "/certificates", bad), 400, "import of %r" % bad)
+    certs = ok(admin.get(T + "/certificates"), "certificates").json()["certificates"]
+    assert [c["sha256"] for c in certs] == [sha256], "only the imported certificate: %s" % certs
+    assert ok(admin.get(API + "/tokens"), "tokens").json()["tokens"][0]["certificateCount"] == 1
+
+    # used by a farm through PUT /farms/secure
+    f = ok(admin.get(API + "/farms/secure"), "GET farm secure").json()
+    f["protocol"]["clientCertHash"] = sha256
+    ok(admin.put(API + "/farms/secure", f), "clientCertHash = the imported certificate's SHA-256")
+    r = dp_get(fg, "/through/the/token", host=SECURE_HOST)
+    assert r.status == 200 and b"uri=/through/the/token" in r.body, \
+        "farm secure after the certificate was picked: " + r.summary()
+    fps = wait_for(lambda: [l for l in ng.access_lines() if "/through/the/token" in l], timeout=5,
+                   msg="nginx's access log line")
+    assert ("fp=" + sha1.lower()) in fps[-1], \
+        "the TLS backend did not see the imported certificate (SHA-1 %s): %s" % (sha1, fps)
+    st = ok(admin.get(API + "/tokens"), "tokens").json()["tokens"][0]
+    assert st["signatures"] >= 1 and st["signatureErrors"] == 0, "the handshake signed on the token: %s" % st
+
+    entries = ok(admin.get(API + "/audit"), "audit").json()["entries"]
+    got = [(e["ip"], e["detail"]) for e in entries if e["action"] == "token"]
+    want = [("127.0.0.1", "token-keygen"), ("127.0.0.2", "token-csr"), ("127.0.0.1", "token-import-cert")]
+    assert len(got) == len(want) and all(ip == w[0] and w[1] in d and TOKEN in d
+                                         for (ip, d), w in zip(got, want)), \
+        "the audit log's token entries: %s, expected %s (refused requests are not operations)" % (got, want)
+
+
+PIN_FILE = "Pin-File-7c41e9b2"      # hsm1's, in its pinFile
+PIN_TYPED = "Pin-Typed-3fa08d65"    # hsm2's, entered through the API
+PIN_WRONG = "Pin-Wrong-91d2c4e7"    # tried on hsm2 first
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (info|warning|error): \S")
+
+
+def test_logs_route_and_no_pin_anywhere(env):
+    """GET /logs is {"lines": [...]}, farmgated's recent log lines oldest first (time,
+    level, message, each one a line of farmgated's own log): its start and its tokens, then
+    "configuration reloaded" after a change applied through the API and the server state
+    change. Two tokens with distinctive PINs: hsm1 reads its PIN from its pinFile, hsm2 has
+    none and waits (needsPin) until POST /tokens/hsm2/pin; a wrong PIN is 400 and leaves it
+    waiting, a PIN for a token that is not waiting is 400, the right one logs it in (audited
+    once). No PIN, not even the wrong one, appears in any API answer, /logs line, audit
+    entry, farmgated's or farmgate-mgmt's output or farmgate-mgmt's data directory."""
+    tok = SoftToken(env, user_pin=PIN_FILE)
+    run([tok.ctl_bin, "token", "init", "--module", SOFTHSM, "--label", "waiting", "--so-pin-env", "FG_SO_PIN",
+         "--pin-env", "FG_PIN"], env=dict(tok.penv, FG_PIN=PIN_TYPED), cwd=tok.dir)
+    fg, m, admin, a = _token_stack(env, tok, extra_tokens=[
+        {"name": "hsm2", "module": SOFTHSM, "uri": "pkcs11:token=waiting"}])
+    answers = []
+
+    def keep(r):
+        answers.append((r.status, r.text))
+        return r
+
+    def log_lines(what):
+        r = keep(ok(admin.get(API + "/logs"), "GET /logs " + what))
+        ls = r.json().get("lines")
+        assert isinstance(ls, list) and ls and all(isinstance(x, str) for x in ls), r.text
+        bad = [x for x in ls if not LOG_LINE.match(x)]
+        assert not bad, "/logs lines without a time and a level: %s" % bad
+        own = fg.log_text()
+        foreign = [x for x in ls if x.split("Z ", 1)[1] not in own]
+        assert not foreign, "/logs lines that are not in farmgated's log: %s" % foreign
+        return ls
+
+    l0 = log_lines("at start")
+    assert any("farmgated" in x and "started" in x for x in l0), l0
+    assert any(x.split("Z ", 1)[1].startswith("info: token hsm1") for x in l0), "token hsm1 opened: %s" % l0
+    assert any(x.split("Z ", 1)[1].startswith("warning: token hsm2") and "PIN" in x for x in l0), \
+        "hsm2 waiting for its PIN: %s" % l0
+    assert not any("configuration reloaded" in x for x in l0), l0
+
+    ok(admin.put(API + "/farms/web", farm("web", [server(a.port, weight=5)])), "a change")
+    l1 = log_lines("after a change")
+    assert l1[:len(l0)] == l0, "older lines changed:\n%s\n%s" % (l0, l1)
+    assert [x for x in l1[len(l0):] if "info: configuration reloaded" in x], \
+        "no \"configuration reloaded\" after an applied change; new lines: %s" % l1[len(l0):]
+    ok(admin.post(API + "/farms/web/servers/%s/state" % sname(a.port), {"state": "DisallowNewConnections"}),
+       "drain A")
+    l2 = log_lines("after a server state change")
+    assert [x for x in l2[len(l1):] if "farm web" in x and sname(a.port) in x and "DisallowNewConnections" in x], \
+        "no line for the state change; new lines: %s" % l2[len(l1):]
+
+    toks = {t["name"]: t for t in keep(ok(admin.get(API + "/tokens"), "tokens")).json()["tokens"]}
+    assert toks["hsm1"]["loggedIn"] is True and toks["hsm1"].get("needsPin") is False, toks["hsm1"]
+    assert toks["hsm2"]["loggedIn"] is False and toks["hsm2"].get("needsPin") is True, toks["hsm2"]
+    keep(expect(admin.post(API + "/tokens/hsm2/pin", {"pin": PIN_WRONG}), 400, "a wrong PIN"))
+    t2 = [t for t in keep(admin.get(API + "/tokens")).json()["tokens"] if t["name"] == "hsm2"][0]
+    assert t2["loggedIn"] is False and t2["needsPin"] is True, "after a wrong PIN: %s" % t2
+    keep(expect(admin.post(API + "/tokens/hsm1/pin", {"pin": PIN_FILE}), 400, "a PIN for a token not waiting"))
+    keep(expect(admin.post(API + "/tokens/hsm2/pin", {"pin": PIN_TYPED}, csrf=False), 403, "a PIN without CSRF"))
+    keep(ok(admin.post(API + "/tokens/hsm2/pin", {"pin": PIN_TYPED}), "the right PIN"))
+    t2 = [t for t in keep(admin.get(API + "/tokens")).json()["tokens"] if t["name"] == "hsm2"][0]
+    assert t2["loggedIn"] is True and t2["needsPin"] is False, "after the right PIN: %s" % t2
+    l3 = log_lines("after PIN entry")
+    new = l3[len(l2):]
+    assert [x for x in new if "warning:" in x and "hsm2" in x], "the refused PIN is not in the log: %s" % new
+    assert [x for x in new if "info:" in x and "hsm2" in x and "logged in" in x], "hsm2's login: %s" % new
+
+    for p in ("/tokens", "/tokens/hsm1/certificates", "/tokens/hsm2/certificates", "/config", "/backup",
+              "/farms", "/farms/web", "/rules", "/status", "/system", "/audit", "/logs"):
+        keep(ok(admin.get(API + p), "GET " + p))
+    keep(ok(admin.get("/metrics"), "GET /metrics"))
+    logins = [e for e in keep(admin.get(API + "/audit")).json()["entries"] if e["action"] == "token"]
+    assert len(logins) == 1 and "token-login" in logins[0]["detail"] and "hsm2" in logins[0]["detail"], \
+        "the audit log's token entries (one PIN entry succeeded): %s" % logins
+
+    places = [("answer %d (%d)" % (i, st), text) for i, (st, text) in enumerate(answers)]
+    places += [("farmgated's log", fg.log_text()), ("farmgate-mgmt's log", m.log_text()),
+               ("the configuration file", read_bytes(fg.config_path).decode("utf-8", "replace"))]
+    for name in sorted(os.listdir(m.data_dir)):
+        p = os.path.join(m.data_dir, name)
+        if os.path.isfile(p):
+            places.append(("%s in the data directory" % name, read_bytes(p).decode("latin-1")))
+    for pin in (PIN_FILE, PIN_TYPED, PIN_WRONG):
+        leaks = [where for where, text in places if pin in text]
+        assert not leaks, "the PIN %s appears in %s" % (pin, leaks)
+    assert len(places) > 25, len(places)
+
+
+def _watch_close(sock, out, limit):
+    """Reads sock until the peer closes it (or limit s); out: t (seconds), got (bytes), why."""
+    t0 = time.monotonic()
+    got = b""
+    sock.settimeout(limit)
+    try:
+        while True:
+            d = sock.recv(4096)
+            if not d:
+                out["why"] = "closed"
+                break
+            got += d
+    except socket.timeout:
+        out["why"] = "still open"
+    except (OSError, ssl.SSLError) as e:
+        out["why"] = "closed (%r)" % e
+    out["t"] = time.monotonic() - t0
+    out["got"] = got
+
+
+def _drip(sock, out, limit, every=1.0):
+    """Sends one byte every `every` s on sock (a request body that never ends) until the
+    peer closes it or limit s pass; out: t (seconds), got (bytes), why."""
+    t0 = time.monotonic()
+    got = b""
+    out["why"] = "still open"
+    sock.settimeout(every)
+    while time.monotonic() - t0 < limit:
+        try:
+            d = sock.recv(4096)
+            if not d:
+                out["why"] = "closed"
+                break
+            got += d
+            continue
+        except socket.timeout:
+            pass
+        except (OSError, ssl.SSLError) as e:
+            out["why"] = "closed (%r)" % e
+            break
+        try:
+            sock.sendall(b" ")
+        except (OSError, ssl.SSLError) as e:
+            out["why"] = "closed (send: %r)" % e
+            break
+    out["t"] = time.monotonic() - t0
+    out["got"] = got
+
+
+def _try_open(client, what):
+    """A MgmtConnection from client's address that the server answers (GET /auth/state);
+    None when the server closes it."""
+    c = client.keepalive(connect=False)
+    try:
+        c.connect()
+        r = c.get(API + "/auth/state")
+    except (OSError, ssl.SSLError, http.client.HTTPException):
+        c.close()
+        return None
+    assert r.status == 200, "%s: %s" % (what, r.summary())
+    return c
+
+
+def test_keepalive_per_address_limit_and_stalled_heads(env):
+    """Keep-alive: a dozen requests over one TLS connection (GET, HEAD, POST with bodies,
+    errors, a static asset) are all answered correctly on the same socket; three pipelined
+    requests in one write get three answers in order. One address gets at most 8 connections
+    served at a time: with 8 open (each answered) the 9th is closed, while 127.0.0.2 is still
+    served; closing one lets the next in. A half request head that stalls (127.0.0.3), a
+    connection that never starts TLS (127.0.0.4) and a request body dripped one byte a second
+    (127.0.0.5, unauthenticated POST /auth/login) are closed by the server within 25 s, while
+    everything above runs: none of them can hold a connection slot for long."""
+    fg, m, admin, (a,) = stack(env, nservers=1)
+    limit = 25.0 + (5.0 if env.asan else 0.0)  # the daemon's timers are wall-clock: not scaled by env.slow
+    # the slow parts first: their timers run while the rest of the test does
+    half = m.client(source="127.0.0.3").connect()
+    half.sendall(b"GET /api/v1/auth/state HTTP/1.1\r\nHost: %s:%d\r\nX-Stalled: " % (m.host.encode(), m.port))
+    mute = socket.create_connection((m.host, m.port), timeout=10, source_address=("127.0.0.4", 0))
+    slow = m.client(source="127.0.0.5").connect()
+    slow.sendall(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{" % (m.host.encode(), m.port))
+    watched = {"half": {}, "mute": {}, "slow": {}}
+    watchers = [threading.Thread(target=_watch_close, args=(half, watched["half"], limit + 5)),
+                threading.Thread(target=_watch_close, args=(mute, watched["mute"], limit + 5)),
+                threading.Thread(target=_drip, args=(slow, watched["slow"], limit + 2))]
+    for t in watchers:
+        t.start()
+    try:
+        # keep-alive
+        conn = admin.keepalive()
+        seen = []
+
+        def on_conn(r, status, what):
+            seen.append(what)
+            assert r.status == status, "%s (request %d on one connection): expected %d, got %s" % (
+                what, len(seen), status, r.summary())
+            assert "close" not in (r.header("Connection") or "").lower(), "%s: %s" % (what, r.summary())
+            assert conn.open and conn.conn.sock.getsockname() == conn.local, \
+                "%s: not on the same connection any more" % what
+            return r
+        st = on_conn(conn.get(API + "/auth/state"), 200, "auth state").json()
+        assert st["loggedIn"] is True and st["csrfToken"] == admin.csrf, st
+        on_conn(conn.post(API + "/farms/web/state", {"state": "Offline"}), 200, "farm Offline")
+        assert fg.farm_status("web")["state"] == "Offline"
+        r = on_conn(conn.request("HEAD", API + "/status"), 200, "HEAD status")
+        assert r.body == b"" and int(r.header("Content-Length")) > 0, r.summary()
+        on_conn(conn.get(API + "/nope"), 404, "an unknown route")
+        on_conn(conn.post(API + "/farms/web/state", {"state": "Sideways"}), 400, "a bad state")
+        on_conn(conn.post(API + "/farms/web/state", {"state": "Online"}, csrf=False), 403, "no CSRF token")
+        on_conn(conn.post(API + "/farms/web/state", "{not json"), 400, "a body that is not JSON")
+        assert fg.farm_status("web")["state"] == "Offline"
+        on_conn(conn.post(API + "/farms/web/state", {"state": "Online"}), 200, "farm Online")
+        st = on_conn(conn.get(API + "/status"), 200, "status").json()
+        assert st["farms"][0]["state"] == "Online", st
+        r = on_conn(conn.get("/"), 200, "the UI")
+        assert b"<html" in r.body.lower(), r.summary()
+        r = on_conn(conn.post(API + "/rules/test", {"url": "/x", "host": HOST}), 200, "rule test")
+        assert r.json()["farm"] == "web", r.text
+        r = on_conn(conn.get(API + "/audit"), 200, "audit")
+        states = [e["detail"] for e in r.json()["entries"] if e["action"] == "farm-state"]
+        assert len(states) == 2 and "Offline" in states[0] and "Online" in states[1], states
+        conn.close()
+
+        # pipelined: three requests in one write, answered in order
+        hp = "%s:%d" % (m.host, m.port)
+        cookie = ("Cookie", "__Host-fgsid=" + admin.sid)
+        body = json.dumps({"url": "/p", "host": HOST}).encode()
+        wire = (build_request("GET", API + "/auth/state", host=hp, headers=[cookie]) +
+                build_request("POST", API + "/rules/test", host=hp, body=body,
+                              headers=[cookie, ("X-CSRF-Token", admin.csrf), ("Origin", m.origin),
+                                       ("Content-Type", "application/json")]) +
+                build_request("GET", API + "/farms/web", host=hp, headers=[cookie, ("Connection", "close")]))
+        s = admin.connect()
+        data = bytearray()
+        try:
+            s.sendall(wire)
+            while True:
+                try:
+                    d = s.recv(65536)
+                except (ssl.SSLEOFError, ConnectionResetError):
+                    break
+                if not d:
+                    break
+                data += d
+        finally:
+            s.close()
+        rs = parse_responses(bytes(data))
+        assert [r.status for r in rs] == [200, 200, 200], "pipelined answers: %s" % [r.summary() for r in rs]
+        assert json.loads(rs[0].body)["loggedIn"] is True, rs[0].summary()
+        assert json.loads(rs[1].body)["farm"] == "web", rs[1].summary()
+        assert json.loads(rs[2].body)["name"] == "web", rs[2].summary()
+
+        # at most 8 connections per address
+        held = []
+        try:
+            for i in range(8):
+                held.append(wait_for(lambda: _try_open(admin, "connection %d" % (i + 1)), timeout=5 * env.slow,
+                                     interval=0.1, msg="connection %d of 8 from 127.0.0.1 to be served" % (i + 1)))
+            for n in range(3):
+                c = _try_open(admin, "a 9th connection")
+                assert c is None, "a 9th concurrent connection from 127.0.0.1 was served"
+            other = m.client(source="127.0.0.2")
+            r = other.get(API + "/auth/state")
+            assert r.status == 200, "127.0.0.2 while 127.0.0.1 holds 8 connections: " + r.summary()
+            two = m.login(source="127.0.0.2")
+            ok(two.get(API + "/status"), "a login from 127.0.0.2 while 127.0.0.1 holds 8 connections")
+            for i, c in enumerate(held):
+                r = c.get(API + "/status")
+                assert r.status == 200, "held connection %d: %s" % (i + 1, r.summary())
+            held.pop(0).close()
+            held.append(wait_for(lambda: _try_open(admin, "the connection after one closed"), timeout=5 * env.slow,
+                                 interval=0.1, msg="a new connection from 127.0.0.1 once one of 8 closed"))
+            assert _try_open(admin, "a 9th connection again") is None, \
+                "a 9th concurrent connection from 127.0.0.1 was served (after one was replaced)"
+        finally:
+            for c in held:
+                c.close()
+        ok(admin.get(API + "/status"), "127.0.0.1 once its connections closed")
+
+        # the stalled ones
+        for t in watchers:
+            t.join(limit + 10)
+    finally:
+        for s in (half, mute, slow):
+            s.close()
+    h, u = watched["half"], watched["mute"]
+    assert h.get("why", "").startswith("closed") and h["t"] <= limit, \
+        "a half request head that stalls: %s after %.1fs (limit %.0fs)" % (h.get("why"), h.get("t", -1), limit)
+    assert h["t"] > 1, "a half request head was dropped after %.2fs: slow typists need a chance" % h["t"]
+    assert b"200 OK" not in h["got"], "the half request head was answered: %r" % h["got"][:200]
+    assert u.get("why", "").startswith("closed") and u["t"] <= limit, \
+        "a connection that never starts TLS: %s after %.1fs (limit %.0fs)" % (u.get("why"), u.get("t", -1), limit)
+    ok(m.client(source="127.0.0.3").get(API + "/auth/state"), "127.0.0.3 after its stalled connection")
+    w = watched["slow"]
+    assert w.get("why", "").startswith("closed") and w["t"] <= limit, (
+        "a request body dripped one byte a second (unauthenticated POST /auth/login, Content-Length "
+        "1000) still held its connection after %.1fs (limit %.0fs): no deadline covers the body, so "
+        "8 such connections per address, from 4 addresses, take all 32 slots and lock the "
+        "administrator out" % (w.get("t", -1), limit))
+    assert b"200 OK" not in w["got"], w["got"][:200]
