@@ -528,6 +528,7 @@ static int token_describe(struct p11_token *t, void *arg)
 	tj_str(j, p11_token_label(t));
 	tj_put(j, ",\"serial\":", 10);
 	tj_str(j, p11_token_serial(t));
+	tj_fmt(j, ",\"slot\":%lu", (unsigned long)p11_token_slot(t));
 	tj_put(j, ",\"pinFlags\":", 12);
 	tj_str(j, p11_pin_flags_text(p11_token_flags(t)));
 	tj_put(j, ",\"mechanisms\":[", 15);

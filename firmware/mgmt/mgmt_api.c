@@ -979,6 +979,35 @@ static void metrics(struct ctx *x)
 			}
 		}
 	}
+	/* the tokens' signature counters */
+	free(ans);
+	json_free(d);
+	ans = control_call("{\"op\":\"tokens\"}", 10000, err, sizeof(err));
+	d = ans ? json_parse(ans, strlen(ans), err, sizeof(err)) : NULL;
+	farms = d ? json_get(d->root, "tokens") : NULL;
+	for (k = 0; k < 4; k++) {
+		static const char *const tk[][3] = {
+			{"signatures", "farmgate_token_signatures_total", "counter"},
+			{"signatureErrors", "farmgate_token_signature_errors_total", "counter"},
+			{"loggedIn", "farmgate_token_logged_in", "gauge"},
+			{"avgSignatureUs", "farmgate_token_signature_avg_microseconds", "gauge"},
+		};
+
+		if (!json_len(farms))
+			break;
+		sb_fmt(b, "# TYPE %s %s\n", tk[k][1], tk[k][2]);
+		for (i = 0; i < json_len(farms); i++) {
+			const struct json_value *t = json_at(farms, i), *n = json_get(t, "name");
+			const struct json_value *v = json_get(t, tk[k][0]);
+
+			if (!n || n->type != JSON_STRING)
+				continue;
+			sb_fmt(b, "%s{token=", tk[k][1]);
+			prom_label(b, n->u.str.s);
+			sb_fmt(b, "} %.17g\n",
+			       v && v->type == JSON_TRUE ? 1.0 : (v ? num(t, tk[k][0]) : 0));
+		}
+	}
 out:
 	json_free(d);
 	free(ans);
