@@ -29,6 +29,7 @@
 #include "tls.h"
 #include "tokenops.h"
 #include "health.h"
+#include "jbuf.h"
 #include "json.h"
 #include "lb.h"
 #include "list.h"
@@ -38,12 +39,6 @@
 #define CTL_REQ_MAX    65536
 #define CTL_TIMEOUT_MS 10000 /* to send the request */
 #define CTL_MAX_CONNS  16
-
-struct jbuf {
-	char *p;
-	size_t len, cap;
-	int oom;
-};
 
 struct ctl_conn {
 	struct ev_fd ev;
@@ -83,60 +78,6 @@ void control_set_reload(int (*fn)(char *err, size_t errlen))
 static void conn_close(struct ctl_conn *c);
 
 /* ---- JSON output ------------------------------------------------------------ */
-
-static void jb_put(struct jbuf *b, const char *s, size_t n)
-{
-	if (b->oom)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = (b->len + n + 1) * 2;
-		char *p = realloc(b->p, cap);
-
-		if (!p) {
-			b->oom = 1;
-			return;
-		}
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = 0;
-}
-
-static void jb_lit(struct jbuf *b, const char *s)
-{
-	jb_put(b, s, strlen(s));
-}
-
-static void jb_fmt(struct jbuf *b, const char *fmt, ...)
-{
-	char tmp[128];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		jb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
-static void jb_str(struct jbuf *b, const char *s)
-{
-	jb_lit(b, "\"");
-	for (; s && *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-
-		if (ch == '"' || ch == '\\')
-			jb_fmt(b, "\\%c", ch);
-		else if (ch < 0x20 || ch == 0x7f)
-			jb_fmt(b, "\\u%04x", ch);
-		else
-			jb_put(b, (const char *)&ch, 1);
-	}
-	jb_lit(b, "\"");
-}
 
 /* "key": value pieces; the caller writes commas. */
 static void jb_key(struct jbuf *b, const char *k)
@@ -386,17 +327,14 @@ struct token_job {
 	char *pem;	     /* import: the certificate */
 	char pin[256];	     /* login, PFX password: wiped when the job is freed */
 	char *pfx;	     /* PFX, base64 */
-	struct sbuf_lite {
-		char *p;
-		size_t len, cap;
-	} out; /* the JSON fragment built on the signer thread */
+	struct jbuf out;     /* the JSON fragment built on the signer thread */
 };
 
 static void tj_free(void *arg)
 {
 	struct token_job *j = arg;
 
-	free(j->out.p);
+	jb_free(&j->out);
 	free(j->subject);
 	free(j->san);
 	free(j->pem);
@@ -460,41 +398,12 @@ static void job_cb(struct ev_loop *loop, struct ev_fd *w, uint32_t events)
 
 static void tj_put(struct token_job *j, const char *s, size_t n)
 {
-	if (j->out.len + n + 1 > j->out.cap) {
-		size_t cap = (j->out.len + n + 1) * 2;
-		char *p = realloc(j->out.p, cap);
-
-		if (!p)
-			return;
-		j->out.p = p;
-		j->out.cap = cap;
-	}
-	memcpy(j->out.p + j->out.len, s, n);
-	j->out.len += n;
-	j->out.p[j->out.len] = 0;
+	jb_put(&j->out, s, n);
 }
 
 static void tj_str(struct token_job *j, const char *s)
 {
-	struct jbuf b = {0};
-
-	jb_str(&b, s);
-	if (b.p)
-		tj_put(j, b.p, b.len);
-	free(b.p);
-}
-
-static void tj_fmt(struct token_job *j, const char *fmt, ...)
-{
-	char tmp[256];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		tj_put(j, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+	jb_str(&j->out, s);
 }
 
 static void tj_name(struct token_job *j, const X509_NAME *nm)
@@ -528,7 +437,7 @@ static int token_describe(struct p11_token *t, void *arg)
 	tj_str(j, p11_token_label(t));
 	tj_put(j, ",\"serial\":", 10);
 	tj_str(j, p11_token_serial(t));
-	tj_fmt(j, ",\"slot\":%lu", (unsigned long)p11_token_slot(t));
+	jb_fmt(&j->out, ",\"slot\":%lu", (unsigned long)p11_token_slot(t));
 	tj_put(j, ",\"pinFlags\":", 12);
 	tj_str(j, p11_pin_flags_text(p11_token_flags(t)));
 	tj_put(j, ",\"mechanisms\":[", 15);
@@ -564,7 +473,7 @@ static int token_describe(struct p11_token *t, void *arg)
 		tj_name(j, X509_get_issuer_name(c->x509));
 		tj_put(j, ",\"notAfter\":", 12);
 		tj_str(j, when);
-		tj_fmt(j, ",\"keyType\":\"%s %d\"}",
+		jb_fmt(&j->out, ",\"keyType\":\"%s %d\"}",
 		       pk && EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC ? "EC" : "RSA",
 		       pk ? EVP_PKEY_get_bits(pk) : 0);
 	}

@@ -48,75 +48,13 @@ struct mgmt M;
 static atomic_int nconns;
 static SSL_CTX *ctx;
 
-/* ---- buffers ------------------------------------------------------------- */
-
-void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-	if (b->oom)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = (b->len + n + 1) * 2;
-		char *p = realloc(b->p, cap);
-
-		if (!p) {
-			b->oom = 1;
-			return;
-		}
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = 0;
-}
-
-void sb_lit(struct sbuf *b, const char *s)
-{
-	sb_put(b, s, strlen(s));
-}
-
-void sb_fmt(struct sbuf *b, const char *fmt, ...)
-{
-	char tmp[512];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		sb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
-void sb_json_str(struct sbuf *b, const char *s)
-{
-	sb_lit(b, "\"");
-	for (; s && *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-
-		if (ch == '"' || ch == '\\')
-			sb_fmt(b, "\\%c", ch);
-		else if (ch < 0x20 || ch == 0x7f)
-			sb_fmt(b, "\\u%04x", ch);
-		else
-			sb_put(b, (const char *)&ch, 1);
-	}
-	sb_lit(b, "\"");
-}
-
-void sb_free(struct sbuf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
-
 /* ---- the control socket ----------------------------------------------------- */
 
 char *control_call(const char *req, int timeout_ms, char *err, size_t errlen)
 {
 	struct sockaddr_un un;
 	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-	struct sbuf out = {0};
+	struct jbuf out = {0};
 	char buf[16384];
 	int fd;
 
@@ -147,10 +85,10 @@ char *control_call(const char *req, int timeout_ms, char *err, size_t errlen)
 			snprintf(err, errlen, "control socket: %s",
 				 errno == EAGAIN ? "no answer in time" : strerror(errno));
 			close(fd);
-			sb_free(&out);
+			jb_free(&out);
 			return NULL;
 		}
-		sb_put(&out, buf, (size_t)n);
+		jb_put(&out, buf, (size_t)n);
 		if (out.len > (8u << 20))
 			break;
 	}
@@ -158,7 +96,7 @@ char *control_call(const char *req, int timeout_ms, char *err, size_t errlen)
 	if (out.oom || !out.len) {
 		snprintf(err, errlen, "control socket: %s",
 			 out.oom ? "out of memory" : "no answer");
-		sb_free(&out);
+		jb_free(&out);
 		return NULL;
 	}
 	return out.p;
@@ -521,11 +459,11 @@ static void simple_error(struct conn *c, int status, const char *msg)
 	rs.status = status;
 	rs.type = "application/json";
 	rs.api = 1;
-	sb_lit(&rs.body, "{\"error\":");
-	sb_json_str(&rs.body, msg);
-	sb_lit(&rs.body, "}\n");
+	jb_lit(&rs.body, "{\"error\":");
+	jb_str(&rs.body, msg);
+	jb_lit(&rs.body, "}\n");
 	send_response(c, &rs, 0, 0);
-	sb_free(&rs.body);
+	jb_free(&rs.body);
 }
 
 static char *hdr_dup(const struct http_req *r, const char *name)
@@ -627,14 +565,14 @@ static int serve_one(struct conn *c)
 	memset(&rs, 0, sizeof(rs));
 	mgmt_handle(&rq, &rs);
 	if (rs.body.oom) {
-		sb_free(&rs.body);
+		jb_free(&rs.body);
 		simple_error(c, 503, "out of memory");
 		keep = 0;
 		goto out;
 	}
 	if (send_response(c, &rs, r.method == HTTP_M_HEAD, keep) == -1)
 		keep = 0;
-	sb_free(&rs.body);
+	jb_free(&rs.body);
 out:
 	if (body)
 		OPENSSL_cleanse(body, (size_t)r.content_length); /* passwords, PINs */

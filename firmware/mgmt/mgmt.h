@@ -9,6 +9,8 @@
 
 #include <openssl/ssl.h>
 
+#include "jbuf.h"
+
 #define MGMT_BODY_MAX (2u << 20) /* PFX uploads */
 
 struct mgmt {
@@ -20,18 +22,7 @@ struct mgmt {
 
 extern struct mgmt M;
 
-/* A growable byte buffer (JSON answers). */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	int oom;
-};
-
-void sb_put(struct sbuf *b, const char *s, size_t n);
-void sb_lit(struct sbuf *b, const char *s);
-void sb_fmt(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sb_json_str(struct sbuf *b, const char *s); /* quoted and escaped */
-void sb_free(struct sbuf *b);
+/* Answers are built in a struct jbuf (jbuf.h). */
 
 /* One request as the API sees it. */
 struct mgmt_req {
@@ -52,7 +43,7 @@ struct mgmt_req {
 struct mgmt_resp {
 	int status;
 	const char *type; /* Content-Type */
-	struct sbuf body;
+	struct jbuf body;
 	const unsigned char *static_body; /* instead of body (assets) */
 	size_t static_len;
 	char headers[1024]; /* extra header lines, each ending in \r\n */

@@ -45,15 +45,15 @@ static void fail(struct ctx *x, int status, const char *msg)
 {
 	x->rs->body.len = 0;
 	json_answer(x, status);
-	sb_lit(&x->rs->body, "{\"error\":");
-	sb_json_str(&x->rs->body, msg);
-	sb_lit(&x->rs->body, "}\n");
+	jb_lit(&x->rs->body, "{\"error\":");
+	jb_str(&x->rs->body, msg);
+	jb_lit(&x->rs->body, "}\n");
 }
 
 static void ok_empty(struct ctx *x)
 {
 	json_answer(x, 200);
-	sb_lit(&x->rs->body, "{\"ok\":true}\n");
+	jb_lit(&x->rs->body, "{\"ok\":true}\n");
 }
 
 static const char *body_str(struct ctx *x, const char *key)
@@ -117,33 +117,33 @@ static void relay(struct ctx *x, const char *req, int timeout_ms)
 		     m);
 	} else {
 		json_answer(x, 200);
-		sb_lit(&x->rs->body, ans);
+		jb_lit(&x->rs->body, ans);
 	}
 	json_free(d);
 	free(ans);
 }
 
 /* Builds {"op":op,"farm":farm[,"server":server][,key:value]} */
-static void ctl_req(struct sbuf *b, const char *op, const char *farm, const char *server,
+static void ctl_req(struct jbuf *b, const char *op, const char *farm, const char *server,
 		    const char *key, const char *value)
 {
-	sb_lit(b, "{\"op\":");
-	sb_json_str(b, op);
+	jb_lit(b, "{\"op\":");
+	jb_str(b, op);
 	if (farm) {
-		sb_lit(b, ",\"farm\":");
-		sb_json_str(b, farm);
+		jb_lit(b, ",\"farm\":");
+		jb_str(b, farm);
 	}
 	if (server) {
-		sb_lit(b, ",\"server\":");
-		sb_json_str(b, server);
+		jb_lit(b, ",\"server\":");
+		jb_str(b, server);
 	}
 	if (key) {
-		sb_lit(b, ",");
-		sb_json_str(b, key);
-		sb_lit(b, ":");
-		sb_json_str(b, value);
+		jb_lit(b, ",");
+		jb_str(b, key);
+		jb_lit(b, ":");
+		jb_str(b, value);
 	}
-	sb_lit(b, "}");
+	jb_lit(b, "}");
 }
 
 /* Percent-decodes one path segment (farm or server names); NULL if it
@@ -190,9 +190,9 @@ static void fail_cfg(struct ctx *x, int status, const char *err)
 
 		snprintf(path, sizeof(path), "%.*s", (int)(colon - err), err);
 		x->rs->body.len -= 2; /* "}\n" */
-		sb_lit(&x->rs->body, ",\"path\":");
-		sb_json_str(&x->rs->body, path);
-		sb_lit(&x->rs->body, "}\n");
+		jb_lit(&x->rs->body, ",\"path\":");
+		jb_str(&x->rs->body, path);
+		jb_lit(&x->rs->body, "}\n");
 	}
 }
 
@@ -223,12 +223,12 @@ static struct json_doc *config_doc(struct ctx *x, char **text)
 static void apply_edit(struct ctx *x, const struct json_doc *doc, const struct json_edit *ed,
 		       const char *what)
 {
-	struct sbuf b = {0};
+	struct jbuf b = {0};
 	char err[1024];
 	int status;
 
 	json_write(&b, doc->root, 0, ed);
-	sb_lit(&b, "\n");
+	jb_lit(&b, "\n");
 	if (b.oom) {
 		fail(x, 503, "out of memory");
 	} else if (config_apply(b.p, b.len, &status, err, sizeof(err)) == -1) {
@@ -238,7 +238,7 @@ static void apply_edit(struct ctx *x, const struct json_doc *doc, const struct j
 		ok_empty(x);
 		audit(x->rq->ip, "config", what);
 	}
-	sb_free(&b);
+	jb_free(&b);
 }
 
 static int farm_index(const struct json_value *farms, const char *name)
@@ -311,7 +311,7 @@ static int config_routes_locked(struct ctx *x, const char *path, int get)
 		ed.skip_secret = 1; /* an export never carries secrets */
 		json_answer(x, 200);
 		json_write(&x->rs->body, doc->root, 0, &ed);
-		sb_lit(&x->rs->body, "\n");
+		jb_lit(&x->rs->body, "\n");
 		if (!strcmp(path, "/backup"))
 			snprintf(x->rs->headers, sizeof(x->rs->headers),
 				 "Content-Disposition: attachment; "
@@ -336,7 +336,7 @@ static int config_routes_locked(struct ctx *x, const char *path, int get)
 		ed.skip_secret = 1;
 		json_answer(x, 200);
 		json_write(&x->rs->body, doc->root, 0, &ed);
-		sb_lit(&x->rs->body, "\n");
+		jb_lit(&x->rs->body, "\n");
 		goto out;
 	}
 	if (!strcmp(path, "/config/restore") || !strcmp(path, "/restore")) {
@@ -379,8 +379,8 @@ static int config_routes_locked(struct ctx *x, const char *path, int get)
 			if (r)
 				json_write(&x->rs->body, r, 0, NULL);
 			else
-				sb_lit(&x->rs->body, "[]");
-			sb_lit(&x->rs->body, "\n");
+				jb_lit(&x->rs->body, "[]");
+			jb_lit(&x->rs->body, "\n");
 			goto out;
 		}
 		if (!x->doc || x->doc->root->type != JSON_ARRAY) {
@@ -420,8 +420,8 @@ static int config_routes_locked(struct ctx *x, const char *path, int get)
 		else if (farms)
 			json_write(&x->rs->body, farms, 0, &ed);
 		else
-			sb_lit(&x->rs->body, "[]");
-		sb_lit(&x->rs->body, "\n");
+			jb_lit(&x->rs->body, "[]");
+		jb_lit(&x->rs->body, "\n");
 		goto out;
 	}
 	if (!strcmp(m, "DELETE") && farm) {
@@ -535,25 +535,24 @@ static void rules_test(struct ctx *x)
 	rc.method_len = 3;
 	rules_eval(cfg, &rc, &res, buf, 16384);
 	json_answer(x, 200);
-	sb_lit(&x->rs->body, "{\"outcome\":");
-	sb_json_str(&x->rs->body,
-		    res.outcome >= 0 && res.outcome <= 5 ? outcomes[res.outcome] : "");
-	sb_lit(&x->rs->body, ",\"rule\":");
+	jb_lit(&x->rs->body, "{\"outcome\":");
+	jb_str(&x->rs->body, res.outcome >= 0 && res.outcome <= 5 ? outcomes[res.outcome] : "");
+	jb_lit(&x->rs->body, ",\"rule\":");
 	if (res.rule)
-		sb_json_str(&x->rs->body, res.rule->name);
+		jb_str(&x->rs->body, res.rule->name);
 	else
-		sb_lit(&x->rs->body, "null");
-	sb_lit(&x->rs->body, ",\"farm\":");
+		jb_lit(&x->rs->body, "null");
+	jb_lit(&x->rs->body, ",\"farm\":");
 	if (res.farm)
-		sb_json_str(&x->rs->body, res.farm->name);
+		jb_str(&x->rs->body, res.farm->name);
 	else
-		sb_lit(&x->rs->body, "null");
-	sb_lit(&x->rs->body, ",\"url\":");
+		jb_lit(&x->rs->body, "null");
+	jb_lit(&x->rs->body, ",\"url\":");
 	if (res.url)
-		sb_json_str(&x->rs->body, res.url);
+		jb_str(&x->rs->body, res.url);
 	else
-		sb_lit(&x->rs->body, "null");
-	sb_fmt(&x->rs->body, ",\"https\":%s,\"status\":%d}\n", res.https ? "true" : "false",
+		jb_lit(&x->rs->body, "null");
+	jb_fmt(&x->rs->body, ",\"https\":%s,\"status\":%d}\n", res.https ? "true" : "false",
 	       res.status);
 	free(buf);
 	cfg_put(cfg);
@@ -591,7 +590,7 @@ static void token_routes(struct ctx *x, const char *rest)
 {
 	struct json_doc *list = NULL, *one = NULL;
 	const struct json_value *toks;
-	struct sbuf req = {0};
+	struct jbuf req = {0};
 	size_t i, k;
 
 	if (!rest[0]) {
@@ -599,24 +598,24 @@ static void token_routes(struct ctx *x, const char *rest)
 			return;
 		toks = json_get(list->root, "tokens");
 		json_answer(x, 200);
-		sb_lit(&x->rs->body, "{\"tokens\":[");
+		jb_lit(&x->rs->body, "{\"tokens\":[");
 		for (i = 0; i < json_len(toks); i++) {
 			const struct json_value *t = json_at(toks, i), *nm = json_get(t, "name");
 
 			if (i)
-				sb_lit(&x->rs->body, ",");
+				jb_lit(&x->rs->body, ",");
 			req.len = 0;
 			ctl_req(&req, "token", NULL, NULL, "token",
 				nm && nm->type == JSON_STRING ? nm->u.str.s : "");
 			one = ctl_doc(x, req.p, 60000);
 			if (!one)
 				goto out;
-			sb_lit(&x->rs->body, "{");
+			jb_lit(&x->rs->body, "{");
 			for (k = 0; k < t->u.obj.n; k++) {
-				sb_json_str(&x->rs->body, t->u.obj.members[k].key);
-				sb_lit(&x->rs->body, ":");
+				jb_str(&x->rs->body, t->u.obj.members[k].key);
+				jb_lit(&x->rs->body, ":");
 				json_write(&x->rs->body, t->u.obj.members[k].value, 2, NULL);
-				sb_lit(&x->rs->body, ",");
+				jb_lit(&x->rs->body, ",");
 			}
 			for (k = 0; k < one->root->u.obj.n; k++) {
 				const struct json_member *m = &one->root->u.obj.members[k];
@@ -624,17 +623,17 @@ static void token_routes(struct ctx *x, const char *rest)
 				if (!strcmp(m->key, "ok") || !strcmp(m->key, "token") ||
 				    !strcmp(m->key, "certificates"))
 					continue;
-				sb_json_str(&x->rs->body, m->key);
-				sb_lit(&x->rs->body, ":");
+				jb_str(&x->rs->body, m->key);
+				jb_lit(&x->rs->body, ":");
 				json_write(&x->rs->body, m->value, 2, NULL);
-				sb_lit(&x->rs->body, ",");
+				jb_lit(&x->rs->body, ",");
 			}
-			sb_fmt(&x->rs->body, "\"certificateCount\":%zu}",
+			jb_fmt(&x->rs->body, "\"certificateCount\":%zu}",
 			       json_len(json_get(one->root, "certificates")));
 			json_free(one);
 			one = NULL;
 		}
-		sb_lit(&x->rs->body, "]}\n");
+		jb_lit(&x->rs->body, "]}\n");
 		goto out;
 	}
 	if (rest[0] == '/') {
@@ -651,19 +650,19 @@ static void token_routes(struct ctx *x, const char *rest)
 		if (!(one = ctl_doc(x, req.p, 60000)))
 			goto out;
 		json_answer(x, 200);
-		sb_lit(&x->rs->body, "{\"certificates\":");
+		jb_lit(&x->rs->body, "{\"certificates\":");
 		if (json_get(one->root, "certificates"))
 			json_write(&x->rs->body, json_get(one->root, "certificates"), 0, NULL);
 		else
-			sb_lit(&x->rs->body, "[]");
-		sb_lit(&x->rs->body, "}\n");
+			jb_lit(&x->rs->body, "[]");
+		jb_lit(&x->rs->body, "}\n");
 		goto out;
 	}
 	fail(x, 404, "no such route");
 out:
 	json_free(list);
 	json_free(one);
-	sb_free(&req);
+	jb_free(&req);
 }
 
 /* POST /tokens/{t}/keys {type, label}, /csr {keyLabel, subject, san},
@@ -673,7 +672,7 @@ static void token_post(struct ctx *x, const char *rest)
 	const char *e = rest[0] == '/' ? strchr(rest + 1, '/') : NULL;
 	char *tn = e ? segment(rest + 1, (size_t)(e - rest - 1)) : NULL;
 	const struct json_value *root = x->doc ? x->doc->root : NULL;
-	struct sbuf req = {0};
+	struct jbuf req = {0};
 	const char *op = NULL;
 
 	if (!tn) {
@@ -684,27 +683,27 @@ static void token_post(struct ctx *x, const char *rest)
 		fail(x, 400, "the body must be a JSON object");
 		goto out;
 	}
-	sb_lit(&req, "{\"op\":");
+	jb_lit(&req, "{\"op\":");
 	if (!strcmp(e, "/keys")) {
 		op = "token-keygen";
-		sb_json_str(&req, op);
-		sb_lit(&req, ",\"type\":");
-		sb_json_str(&req, body_str(x, "type") ? body_str(x, "type") : "");
-		sb_lit(&req, ",\"label\":");
-		sb_json_str(&req, body_str(x, "label") ? body_str(x, "label") : "");
+		jb_str(&req, op);
+		jb_lit(&req, ",\"type\":");
+		jb_str(&req, body_str(x, "type") ? body_str(x, "type") : "");
+		jb_lit(&req, ",\"label\":");
+		jb_str(&req, body_str(x, "label") ? body_str(x, "label") : "");
 	} else if (!strcmp(e, "/csr")) {
 		const struct json_value *san = json_get(root, "san");
-		struct sbuf s2 = {0};
+		struct jbuf s2 = {0};
 		size_t i;
 
 		op = "token-csr";
-		sb_json_str(&req, op);
-		sb_lit(&req, ",\"label\":");
-		sb_json_str(&req, body_str(x, "keyLabel") ? body_str(x, "keyLabel") : "");
-		sb_lit(&req, ",\"subject\":");
-		sb_json_str(&req, body_str(x, "subject") ? body_str(x, "subject") : "");
+		jb_str(&req, op);
+		jb_lit(&req, ",\"label\":");
+		jb_str(&req, body_str(x, "keyLabel") ? body_str(x, "keyLabel") : "");
+		jb_lit(&req, ",\"subject\":");
+		jb_str(&req, body_str(x, "subject") ? body_str(x, "subject") : "");
 		if (san && san->type == JSON_STRING) {
-			sb_lit(&s2, san->u.str.s);
+			jb_lit(&s2, san->u.str.s);
 		} else {
 			for (i = 0; i < json_len(san); i++) {
 				const struct json_value *v = json_at(san, i);
@@ -712,49 +711,49 @@ static void token_post(struct ctx *x, const char *rest)
 				if (v->type != JSON_STRING)
 					continue;
 				if (s2.len)
-					sb_lit(&s2, ",");
-				sb_lit(&s2, v->u.str.s);
+					jb_lit(&s2, ",");
+				jb_lit(&s2, v->u.str.s);
 			}
 		}
 		if (s2.len) {
-			sb_lit(&req, ",\"san\":");
-			sb_json_str(&req, s2.p);
+			jb_lit(&req, ",\"san\":");
+			jb_str(&req, s2.p);
 		}
-		sb_free(&s2);
+		jb_free(&s2);
 	} else if (!strcmp(e, "/pin")) {
 		/* farmgated logs in with it and keeps it in memory only; it is
 		 * never written here, nor in the audit log */
 		op = "token-login";
-		sb_json_str(&req, op);
-		sb_lit(&req, ",\"pin\":");
-		sb_json_str(&req, body_str(x, "pin") ? body_str(x, "pin") : "");
+		jb_str(&req, op);
+		jb_lit(&req, ",\"pin\":");
+		jb_str(&req, body_str(x, "pin") ? body_str(x, "pin") : "");
 	} else if (!strcmp(e, "/pfx")) {
 		op = "token-import-pfx";
-		sb_json_str(&req, op);
-		sb_lit(&req, ",\"pfx\":");
-		sb_json_str(&req, body_str(x, "pfxBase64") ? body_str(x, "pfxBase64") : "");
-		sb_lit(&req, ",\"password\":");
-		sb_json_str(&req, body_str(x, "password") ? body_str(x, "password") : "");
+		jb_str(&req, op);
+		jb_lit(&req, ",\"pfx\":");
+		jb_str(&req, body_str(x, "pfxBase64") ? body_str(x, "pfxBase64") : "");
+		jb_lit(&req, ",\"password\":");
+		jb_str(&req, body_str(x, "password") ? body_str(x, "password") : "");
 		if (body_str(x, "label")) {
-			sb_lit(&req, ",\"label\":");
-			sb_json_str(&req, body_str(x, "label"));
+			jb_lit(&req, ",\"label\":");
+			jb_str(&req, body_str(x, "label"));
 		}
 	} else if (!strcmp(e, "/certificates")) {
 		op = "token-import-cert";
-		sb_json_str(&req, op);
-		sb_lit(&req, ",\"pem\":");
-		sb_json_str(&req, body_str(x, "pem") ? body_str(x, "pem") : "");
+		jb_str(&req, op);
+		jb_lit(&req, ",\"pem\":");
+		jb_str(&req, body_str(x, "pem") ? body_str(x, "pem") : "");
 		if (body_str(x, "label")) {
-			sb_lit(&req, ",\"label\":");
-			sb_json_str(&req, body_str(x, "label"));
+			jb_lit(&req, ",\"label\":");
+			jb_str(&req, body_str(x, "label"));
 		}
 	} else {
 		fail(x, 404, "no such route");
 		goto out;
 	}
-	sb_lit(&req, ",\"token\":");
-	sb_json_str(&req, tn);
-	sb_lit(&req, "}");
+	jb_lit(&req, ",\"token\":");
+	jb_str(&req, tn);
+	jb_lit(&req, "}");
 	relay(x, req.p, 120000); /* a smart card generates keys slowly */
 	if (x->rs->status == 200) {
 		char what[300];
@@ -765,7 +764,7 @@ static void token_post(struct ctx *x, const char *rest)
 out:
 	if (req.p)
 		OPENSSL_cleanse(req.p, req.len); /* it may hold a PIN */
-	sb_free(&req);
+	jb_free(&req);
 	free(tn);
 }
 
@@ -778,7 +777,7 @@ static void audit_list(struct ctx *x)
 
 	snprintf(path, sizeof(path), "%s/audit.log", M.data_dir);
 	json_answer(x, 200);
-	sb_lit(&x->rs->body, "{\"entries\":[");
+	jb_lit(&x->rs->body, "{\"entries\":[");
 	f = fopen(path, "r");
 	if (f) {
 		struct stat st;
@@ -799,19 +798,19 @@ static void audit_list(struct ctx *x)
 			}
 			if (!t[3])
 				continue;
-			sb_lit(&x->rs->body, n++ ? ",{\"time\":" : "{\"time\":");
-			sb_json_str(&x->rs->body, t[0]);
-			sb_lit(&x->rs->body, ",\"ip\":");
-			sb_json_str(&x->rs->body, t[1]);
-			sb_lit(&x->rs->body, ",\"action\":");
-			sb_json_str(&x->rs->body, t[2]);
-			sb_lit(&x->rs->body, ",\"detail\":");
-			sb_json_str(&x->rs->body, t[3]);
-			sb_lit(&x->rs->body, "}");
+			jb_lit(&x->rs->body, n++ ? ",{\"time\":" : "{\"time\":");
+			jb_str(&x->rs->body, t[0]);
+			jb_lit(&x->rs->body, ",\"ip\":");
+			jb_str(&x->rs->body, t[1]);
+			jb_lit(&x->rs->body, ",\"action\":");
+			jb_str(&x->rs->body, t[2]);
+			jb_lit(&x->rs->body, ",\"detail\":");
+			jb_str(&x->rs->body, t[3]);
+			jb_lit(&x->rs->body, "}");
 		}
 		fclose(f);
 	}
-	sb_lit(&x->rs->body, "]}\n");
+	jb_lit(&x->rs->body, "]}\n");
 }
 
 /* /api/v1/farms/{farm}/... */
@@ -819,7 +818,7 @@ static void farm_routes(struct ctx *x, const char *rest)
 {
 	const char *slash = strchr(rest, '/');
 	char *farm = slash ? segment(rest, (size_t)(slash - rest)) : NULL;
-	struct sbuf req = {0};
+	struct jbuf req = {0};
 	const char *st;
 
 	if (!farm || strcmp(x->rq->method, "POST")) {
@@ -871,24 +870,24 @@ static void farm_routes(struct ctx *x, const char *rest)
 		fail(x, 404, "no such route");
 	}
 out:
-	sb_free(&req);
+	jb_free(&req);
 	free(farm);
 }
 
 /* ---- Prometheus -------------------------------------------------------------------- */
 
-static void prom_label(struct sbuf *b, const char *s)
+static void prom_label(struct jbuf *b, const char *s)
 {
-	sb_lit(b, "\"");
+	jb_lit(b, "\"");
 	for (; *s; s++) {
 		if (*s == '"' || *s == '\\')
-			sb_fmt(b, "\\%c", *s);
+			jb_fmt(b, "\\%c", *s);
 		else if (*s == '\n')
-			sb_lit(b, "\\n");
+			jb_lit(b, "\\n");
 		else
-			sb_put(b, s, 1);
+			jb_put(b, s, 1);
 	}
-	sb_lit(b, "\"");
+	jb_lit(b, "\"");
 }
 
 static double num(const struct json_value *o, const char *k)
@@ -917,7 +916,7 @@ static void metrics(struct ctx *x)
 	char *ans = control_call("{\"op\":\"status\"}", 10000, err, sizeof(err));
 	struct json_doc *d = ans ? json_parse(ans, strlen(ans), err, sizeof(err)) : NULL;
 	const struct json_value *farms = d ? json_get(d->root, "farms") : NULL;
-	struct sbuf *b = &x->rs->body;
+	struct jbuf *b = &x->rs->body;
 	size_t i, j, k;
 
 	if (!farms) {
@@ -947,7 +946,7 @@ static void metrics(struct ctx *x)
 			name = "farmgate_server_available";
 			type = "gauge";
 		}
-		sb_fmt(b, "# TYPE %s %s\n", name, type);
+		jb_fmt(b, "# TYPE %s %s\n", name, type);
 		for (i = 0; i < json_len(farms); i++) {
 			const struct json_value *f = json_at(farms, i);
 			const struct json_value *fn = json_get(f, "name");
@@ -971,11 +970,11 @@ static void metrics(struct ctx *x)
 					    !strcmp(st->u.str.s, "Available");
 				else
 					v = num(c, key);
-				sb_fmt(b, "%s{farm=", name);
+				jb_fmt(b, "%s{farm=", name);
 				prom_label(b, fn->u.str.s);
-				sb_lit(b, ",server=");
+				jb_lit(b, ",server=");
 				prom_label(b, sn->u.str.s);
-				sb_fmt(b, "} %.17g\n", v);
+				jb_fmt(b, "} %.17g\n", v);
 			}
 		}
 	}
@@ -995,16 +994,16 @@ static void metrics(struct ctx *x)
 
 		if (!json_len(farms))
 			break;
-		sb_fmt(b, "# TYPE %s %s\n", tk[k][1], tk[k][2]);
+		jb_fmt(b, "# TYPE %s %s\n", tk[k][1], tk[k][2]);
 		for (i = 0; i < json_len(farms); i++) {
 			const struct json_value *t = json_at(farms, i), *n = json_get(t, "name");
 			const struct json_value *v = json_get(t, tk[k][0]);
 
 			if (!n || n->type != JSON_STRING)
 				continue;
-			sb_fmt(b, "%s{token=", tk[k][1]);
+			jb_fmt(b, "%s{token=", tk[k][1]);
 			prom_label(b, n->u.str.s);
-			sb_fmt(b, "} %.17g\n",
+			jb_fmt(b, "} %.17g\n",
 			       v && v->type == JSON_TRUE ? 1.0 : (v ? num(t, tk[k][0]) : 0));
 		}
 	}
@@ -1025,11 +1024,11 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 
 	if (!strcmp(what, "state") && !strcmp(rq->method, "GET")) {
 		json_answer(x, 200);
-		sb_fmt(&x->rs->body, "{\"passwordSet\":%s,\"loggedIn\":%s",
+		jb_fmt(&x->rs->body, "{\"passwordSet\":%s,\"loggedIn\":%s",
 		       auth_password_set() ? "true" : "false", logged_in ? "true" : "false");
 		if (logged_in)
-			sb_fmt(&x->rs->body, ",\"csrfToken\":\"%s\"", x->csrf);
-		sb_lit(&x->rs->body, "}\n");
+			jb_fmt(&x->rs->body, ",\"csrfToken\":\"%s\"", x->csrf);
+		jb_lit(&x->rs->body, "}\n");
 		return;
 	}
 	if (strcmp(rq->method, "POST")) {
@@ -1094,7 +1093,7 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 		snprintf(x->rs->headers, sizeof(x->rs->headers),
 			 "Set-Cookie: __Host-fgsid=%s%s; Max-Age=28800\r\n", id, cookie_attrs);
 		json_answer(x, 200);
-		sb_fmt(&x->rs->body, "{\"ok\":true,\"csrfToken\":\"%s\"}\n", csrf);
+		jb_fmt(&x->rs->body, "{\"ok\":true,\"csrfToken\":\"%s\"}\n", csrf);
 		OPENSSL_cleanse(id, sizeof(id));
 		return;
 	}
@@ -1232,12 +1231,12 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 		relay(&x, "{\"op\":\"status\"}", 10000);
 	} else if (!strcmp(rq->path, API "/system") && get) {
 		json_answer(&x, 200);
-		sb_lit(&rs->body, "{\"version\":");
-		sb_json_str(&rs->body, FG_VERSION);
-		sb_fmt(&rs->body,
+		jb_lit(&rs->body, "{\"version\":");
+		jb_str(&rs->body, FG_VERSION);
+		jb_fmt(&rs->body,
 		       ",\"uptimeS\":%lld,\"buildOptions\":", (long long)(time(NULL) - M.started));
-		sb_json_str(&rs->body, FG_BUILD_OPTIONS);
-		sb_lit(&rs->body, "}\n");
+		jb_str(&rs->body, FG_BUILD_OPTIONS);
+		jb_lit(&rs->body, "}\n");
 	} else if (!strncmp(rq->path, API "/", sizeof(API)) &&
 		   config_routes(&x, rq->path + sizeof(API) - 1, get)) {
 		/* answered */

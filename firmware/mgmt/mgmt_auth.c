@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,7 @@ struct session {
 struct throttle {
 	char ip[46];
 	unsigned int failures;
-	time_t until;
+	uint64_t until_ms; /* monotonic */
 };
 
 static struct {
@@ -403,7 +404,7 @@ static struct throttle *thr_slot(const char *ip, int create)
 			return t;
 		if (!t->ip[0] && !free_slot)
 			free_slot = t;
-		if (!oldest || t->until < oldest->until)
+		if (!oldest || t->until_ms < oldest->until_ms)
 			oldest = t;
 	}
 	if (!create)
@@ -414,16 +415,25 @@ static struct throttle *thr_slot(const char *ip, int create)
 	return free_slot;
 }
 
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 unsigned int throttle_wait(const char *ip)
 {
-	time_t now = time(NULL);
+	uint64_t now = mono_ms();
 	struct throttle *t;
 	unsigned int w = 0;
 
 	pthread_mutex_lock(&A.lock);
 	t = thr_slot(ip, 0);
-	if (t && t->until > now)
-		w = (unsigned int)(t->until - now);
+	if (t && t->until_ms > now)
+		w = (unsigned int)((t->until_ms - now + 999) /
+				   1000); /* whole seconds, rounded up */
 	pthread_mutex_unlock(&A.lock);
 	return w;
 }
@@ -442,7 +452,7 @@ void throttle_result(const char *ip, int ok)
 			unsigned int k = t->failures - THROTTLE_FREE_N;
 			unsigned int delay = k < 10 ? 1u << k : 900;
 
-			t->until = time(NULL) + (delay > 900 ? 900 : delay);
+			t->until_ms = mono_ms() + 1000ull * (delay > 900 ? 900 : delay);
 		}
 	}
 	pthread_mutex_unlock(&A.lock);

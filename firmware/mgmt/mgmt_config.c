@@ -39,37 +39,37 @@ char *config_read(size_t *len, char *err, size_t errlen)
 
 /* ---- serialising ------------------------------------------------------------ */
 
-static void indent(struct sbuf *b, int depth)
+static void indent(struct jbuf *b, int depth)
 {
-	sb_lit(b, "\n");
+	jb_lit(b, "\n");
 	while (depth-- > 0)
-		sb_lit(b, "  ");
+		jb_lit(b, "  ");
 }
 
-void json_write(struct sbuf *b, const struct json_value *v, int depth, const struct json_edit *ed)
+void json_write(struct jbuf *b, const struct json_value *v, int depth, const struct json_edit *ed)
 {
 	size_t i;
 
 	switch (v->type) {
 	case JSON_NULL:
-		sb_lit(b, "null");
+		jb_lit(b, "null");
 		break;
 	case JSON_TRUE:
-		sb_lit(b, "true");
+		jb_lit(b, "true");
 		break;
 	case JSON_FALSE:
-		sb_lit(b, "false");
+		jb_lit(b, "false");
 		break;
 	case JSON_NUMBER:
-		sb_lit(b, v->u.num.text);
+		jb_lit(b, v->u.num.text);
 		break;
 	case JSON_STRING:
-		sb_json_str(b, v->u.str.s);
+		jb_str(b, v->u.str.s);
 		break;
 	case JSON_ARRAY: {
 		int edited = ed && ed->arr == v, n = 0;
 
-		sb_lit(b, "[");
+		jb_lit(b, "[");
 		for (i = 0; i < v->u.arr.n; i++) {
 			const struct json_value *item = v->u.arr.items[i];
 
@@ -79,25 +79,25 @@ void json_write(struct sbuf *b, const struct json_value *v, int depth, const str
 				item = ed->arr_with;
 			}
 			if (n++)
-				sb_lit(b, ",");
+				jb_lit(b, ",");
 			indent(b, depth + 1);
 			json_write(b, item, depth + 1, ed);
 		}
 		if (edited && ed->append) {
 			if (n++)
-				sb_lit(b, ",");
+				jb_lit(b, ",");
 			indent(b, depth + 1);
 			json_write(b, ed->arr_with, depth + 1, ed);
 		}
 		if (n)
 			indent(b, depth);
-		sb_lit(b, "]");
+		jb_lit(b, "]");
 		break;
 	}
 	case JSON_OBJECT: {
 		int first = 1;
 
-		sb_lit(b, "{");
+		jb_lit(b, "{");
 		for (i = 0; i < v->u.obj.n; i++) {
 			const struct json_member *m = &v->u.obj.members[i];
 			const struct json_value *val = m->value;
@@ -110,26 +110,26 @@ void json_write(struct sbuf *b, const struct json_value *v, int depth, const str
 				val = ed->with;
 			}
 			if (!first)
-				sb_lit(b, ",");
+				jb_lit(b, ",");
 			first = 0;
 			indent(b, depth + 1);
-			sb_json_str(b, m->key);
-			sb_lit(b, ": ");
+			jb_str(b, m->key);
+			jb_lit(b, ": ");
 			json_write(b, val, depth + 1, ed);
 		}
 		if (ed && ed->parent == v && ed->key && ed->with && !json_get(v, ed->key)) {
 			/* added */
 			if (!first)
-				sb_lit(b, ",");
+				jb_lit(b, ",");
 			indent(b, depth + 1);
-			sb_json_str(b, ed->key);
-			sb_lit(b, ": ");
+			jb_str(b, ed->key);
+			jb_lit(b, ": ");
 			json_write(b, ed->with, depth + 1, ed);
 			first = 0;
 		}
 		if (!first)
 			indent(b, depth);
-		sb_lit(b, "}");
+		jb_lit(b, "}");
 		break;
 	}
 	}
@@ -248,7 +248,7 @@ static int reload(char *err, size_t errlen)
 /* Reads a whole file (NULL if it does not exist). */
 static char *slurp(const char *path, size_t *len)
 {
-	struct sbuf b = {0};
+	struct jbuf b = {0};
 	char buf[16384];
 	ssize_t n;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -256,14 +256,14 @@ static char *slurp(const char *path, size_t *len)
 	if (fd == -1)
 		return NULL;
 	while ((n = read(fd, buf, sizeof(buf))) > 0)
-		sb_put(&b, buf, (size_t)n);
+		jb_put(&b, buf, (size_t)n);
 	close(fd);
 	if (n < 0 || b.oom) {
-		sb_free(&b);
+		jb_free(&b);
 		return NULL;
 	}
 	if (!b.p)
-		sb_lit(&b, "");
+		jb_lit(&b, "");
 	*len = b.len;
 	return b.p;
 }
@@ -331,7 +331,7 @@ out:
 int config_restore_previous(int *http_status, char *err, size_t errlen)
 {
 	char prev[1024], buf[16384];
-	struct sbuf b = {0};
+	struct jbuf b = {0};
 	ssize_t n;
 	int fd, rc;
 
@@ -343,7 +343,7 @@ int config_restore_previous(int *http_status, char *err, size_t errlen)
 		return -1;
 	}
 	while ((n = read(fd, buf, sizeof(buf))) > 0)
-		sb_put(&b, buf, (size_t)n);
+		jb_put(&b, buf, (size_t)n);
 	close(fd);
 	if (!b.p) {
 		*http_status = 404;
@@ -351,6 +351,6 @@ int config_restore_previous(int *http_status, char *err, size_t errlen)
 		return -1;
 	}
 	rc = config_apply(b.p, b.len, http_status, err, errlen);
-	sb_free(&b);
+	jb_free(&b);
 	return rc;
 }

@@ -26,7 +26,7 @@ char *config_read(size_t *len, char *err, size_t errlen);
 char *config_read_path(const char *path, size_t *len, char *err, size_t errlen);
 
 /* JSON text of v with ed applied (ed may be NULL), two-space indented. */
-void json_write(struct sbuf *b, const struct json_value *v, int depth, const struct json_edit *ed);
+void json_write(struct jbuf *b, const struct json_value *v, int depth, const struct json_edit *ed);
 
 /* Validates text with farmgated's own loader, saves it atomically (the old
  * file kept as .prev), asks farmgated to reload and, if it refuses, puts the
