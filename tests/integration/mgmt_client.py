@@ -232,9 +232,9 @@ class MgmtClient:
             s.close()
             raise
 
-    def raw(self, data, head=False):
-        """Sends exactly data (bytes) over TLS and parses the one answer (read until
-        the server closes)."""
+    def exchange(self, data):
+        """Sends exactly data (bytes) over a new TLS connection and returns every byte
+        the server sends until it closes."""
         s = self.connect()
         out = bytearray()
         try:
@@ -249,7 +249,12 @@ class MgmtClient:
                 out += d
         finally:
             s.close()
-        r, _ = parse_response(bytes(out), head_request=head, eof=True)
+        return bytes(out)
+
+    def raw(self, data, head=False):
+        """Sends exactly data (bytes) over TLS and parses the one answer (read until
+        the server closes)."""
+        r, _ = parse_response(self.exchange(data), head_request=head, eof=True)
         if r is None:
             raise AssertionError("no answer to %r" % data[:200])
         r.json = lambda r=r: _json_of(r)

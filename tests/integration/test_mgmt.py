@@ -1798,21 +1798,7 @@ def test_keepalive_per_address_limit_and_stalled_heads(env):
                               headers=[cookie, ("X-CSRF-Token", admin.csrf), ("Origin", m.origin),
                                        ("Content-Type", "application/json")]) +
                 build_request("GET", API + "/farms/web", host=hp, headers=[cookie, ("Connection", "close")]))
-        s = admin.connect()
-        data = bytearray()
-        try:
-            s.sendall(wire)
-            while True:
-                try:
-                    d = s.recv(65536)
-                except (ssl.SSLEOFError, ConnectionResetError):
-                    break
-                if not d:
-                    break
-                data += d
-        finally:
-            s.close()
-        rs = parse_responses(bytes(data))
+        rs = parse_responses(admin.exchange(wire))
         assert [r.status for r in rs] == [200, 200, 200], "pipelined answers: %s" % [r.summary() for r in rs]
         assert json.loads(rs[0].body)["loggedIn"] is True, rs[0].summary()
         assert json.loads(rs[1].body)["farm"] == "web", rs[1].summary()
