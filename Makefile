@@ -53,7 +53,11 @@ TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck procps iproute2 \
 	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
-	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium
+	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium \
+	$(IMAGE_PKGS)
+# what make image and the QEMU runs need (the kernel .deb is downloaded, never installed)
+IMAGE_PKGS := qemu-system-x86 ovmf busybox-static systemd-boot-efi dosfstools mtools fdisk \
+	cpio kmod zstd xz-utils e2fsprogs
 # npm's playwright-core drives Debian's chromium in the browser tests
 PLAYWRIGHT_VERSION := 1.65.1
 NODE_DIR := $(O)/node
@@ -62,7 +66,7 @@ PLAYWRIGHT := $(NODE_DIR)/node_modules/playwright-core/package.json
 .DEFAULT_GOAL := all
 .SECONDARY:
 .PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
-	menuconfig olddefconfig savedefconfig defconfig config asan
+	image menuconfig olddefconfig savedefconfig defconfig config asan
 
 help:
 	@echo 'Farmgate make targets'
@@ -70,6 +74,8 @@ help:
 	@echo '  make test             set up, build, run every test (release + ASan/UBSan); ends "N passed, N failed"'
 	@echo '  make deps             install missing Debian packages (apt-get, non-interactive)'
 	@echo '  make / make all       build farmgated into $(O)/ (out of tree; O=dir to change)'
+	@echo '  make image            the firmware image of the configured board into $(O)/images/'
+	@echo '                        (make qemu_x86_64_defconfig && make image; see board/*/readme.txt)'
 	@echo '  make asan             build farmgated and unit tests with ASan+UBSan into $(O)/asan/'
 	@echo '  make unit             build the cmocka unit tests'
 	@echo '  make test-unit        run the unit tests only'
@@ -116,8 +122,9 @@ $(AUTOCONF): $(KCONFIG_CONFIG) Kconfig
 	$(Q)$(PY) -m genconfig Kconfig --header-path $@
 
 %_defconfig:
-	$(Q)b=board/$(subst _,-,$*); [ -f $$b/defconfig ] || b=board/$*; \
-	[ -f $$b/defconfig ] || { echo "no board $*: see board/"; exit 1; }; \
+	$(Q)b=; for d in board/*/; do d=$${d%/}; \
+		[ "$$(echo $${d#board/} | tr - _)" = "$*" ] && b=$$d; done; \
+	[ -n "$$b" ] && [ -f $$b/defconfig ] || { echo "no board $*: see board/"; exit 1; }; \
 	mkdir -p $(dir $(KCONFIG_CONFIG)); $(PY) -m defconfig --kconfig Kconfig $$b/defconfig
 
 config: $(AUTOCONF)
@@ -209,6 +216,11 @@ asan: $(AUTOCONF)
 
 -include $(FW_OBJS:.o=.d) $(HSM_OBJS:.o=.d) $(O)/obj/hsm/farmgatectl.d $(MGMT_SRCS:%.c=$(O)/obj/%.d) \
 	$(O)/obj/firmware/ctlclient.d $(UNIT_BINS:$(O)/tests/%=$(O)/obj/tests/unit/%.d)
+
+# ---- firmware image -----------------------------------------------------
+image: all
+	$(Q)[ "$(BOARD)" != host ] || { echo "make image: the host board has no image: make qemu_x86_64_defconfig first"; exit 1; }
+	$(Q)$(PY) tools/mkimage.py --build $(O) --board board/$(BOARD) --version $(VERSION)
 
 # ---- run and test -------------------------------------------------------
 run: deps all
