@@ -134,8 +134,10 @@ class Pki:
             f.write("\n".join(lines) + "\n")
         return p
 
-    def sign_csr(self, csr, out, san=None, usage="clientAuth", days=30):
-        """Issues a certificate for csr (a PEM CSR file) into out; returns out."""
+    def sign_csr(self, csr, out, san=None, usage="clientAuth", days=30, backdate=0):
+        """Issues a certificate for csr (a PEM CSR file) into out; returns out. backdate:
+        seconds its validity starts before now (as public CAs do, for clients whose clock
+        is a little behind: an appliance that just booted)."""
         self._serial += 1
         ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
                "extendedKeyUsage=%s" % usage, "subjectKeyIdentifier=hash",
@@ -143,6 +145,17 @@ class Pki:
         if san:
             ext.append("subjectAltName=" + ",".join(san))
         extfile = self._ext(os.path.basename(out), ext)
+        if backdate:
+            conf = self._ca_conf()
+            with open(self.path("serial"), "w") as f:  # openssl ca takes the serial from here
+                f.write("%08X\n" % self._serial)
+            now = time.time()
+            fmt = "%Y%m%d%H%M%SZ"
+            self.openssl("ca", "-config", conf, "-batch", "-notext", "-in", csr, "-out", out,
+                         "-startdate", time.strftime(fmt, time.gmtime(now - backdate)),
+                         "-enddate", time.strftime(fmt, time.gmtime(now + days * 86400)),
+                         "-extfile", extfile)
+            return out
         self.openssl("x509", "-req", "-in", csr, "-CA", self.crt, "-CAkey", self.key, "-set_serial",
                      str(self._serial), "-days", str(days), "-sha256", "-out", out, "-extfile", extfile)
         return out

@@ -51,7 +51,8 @@ def _free_port():
 
 
 class Appliance:
-    def __init__(self, images, workdir, boot="direct", disk_mb=256, mem_mb=512, disk=None):
+    def __init__(self, images, workdir, boot="direct", disk_mb=256, mem_mb=512, disk=None,
+                 serial_log=None, http_port=None, ui_port=None):
         self.images = images
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -66,13 +67,13 @@ class Appliance:
             else:
                 with open(self.disk, "wb") as f:
                     f.truncate(disk_mb << 20)
-        self.serial_log = os.path.join(workdir, "serial.log")
+        self.serial_log = serial_log or os.path.join(workdir, "serial.log")
         self.sock_path = os.path.join(workdir, "console.sock")
         if len(self.sock_path) > 100:
             import tempfile
             self.sock_path = os.path.join(tempfile.mkdtemp(prefix="fgq-"), "console.sock")
-        self.http_port = _free_port()
-        self.ui_port = _free_port()
+        self.http_port = http_port or _free_port()
+        self.ui_port = ui_port or _free_port()
         self.proc = None
         self.con = None
         self.started = None
@@ -209,7 +210,7 @@ class Appliance:
                 out = text[:m.start()]
                 self._buf = self._buf[len(text[:m.end()].encode()):]
                 # drop the echoed command line (the terminal may have wrapped it)
-                echoed = out.find("%s:$?:END" % tag)
+                echoed = out.rfind("%s:$?:END" % tag)
                 if echoed != -1:
                     nl = out.find("\n", echoed)
                     out = out[nl + 1:] if nl != -1 else ""
@@ -267,3 +268,45 @@ class Appliance:
             if self.alive():
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------
+# provisioning through the management API, as an operator does it (tests
+# and make run): admin is a logged-in mgmt_client.MgmtClient
+# --------------------------------------------------------------------------
+
+API = "/api/v1"
+
+
+def api_ok(r, what):
+    assert 200 <= r.status < 300, "%s: %s" % (what, r.summary())
+    return r.json() if r.body else {}
+
+
+def token_client_cert(admin, token, ca, workdir, label, cn):
+    """An EC P-256 key generated on the appliance's token, its CSR signed by ca
+    (a pki.Pki on the host, backdated an hour: the guest's clock may be a
+    little behind) and the certificate imported beside the key. Returns the
+    certificate's path on the host."""
+    t = API + "/tokens/" + token
+    api_ok(admin.post(t + "/keys", {"type": "EC-P256", "label": label}), "key generation on " + token)
+    csr = os.path.join(workdir, label + ".csr")
+    with open(csr, "w") as f:
+        f.write(api_ok(admin.post(t + "/csr", {"keyLabel": label, "subject": "/CN=" + cn}), "CSR")["csr"])
+    cert = ca.sign_csr(csr, os.path.join(workdir, label + ".crt"), usage="clientAuth", backdate=3600)
+    with open(cert) as f:
+        api_ok(admin.post(t + "/certificates", {"pem": f.read()}), "certificate import")
+    return cert
+
+
+def add_farm(admin, farm, host, https=False):
+    """POST /farms, then a rule routing Host: host to it (ARR's shape)."""
+    api_ok(admin.post(API + "/farms", farm), "POST /farms " + farm["name"])
+    rules = api_ok(admin.get(API + "/rules"), "GET /rules")
+    rules = rules.get("rules", rules) if isinstance(rules, dict) else rules
+    rules.append({"name": "ARR_%s_loadbalance" % farm["name"], "patternSyntax": "Wildcard",
+                  "stopProcessing": True, "match": {"url": "*"},
+                  "conditions": [{"input": "{HTTP_HOST}", "pattern": host}],
+                  "action": {"type": "Rewrite",
+                             "url": "%s://%s/{R:0}" % ("https" if https else "http", farm["name"])}})
+    api_ok(admin.put(API + "/rules", rules), "PUT /rules")
