@@ -49,15 +49,15 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 TOOL_SRCS := $(sort $(wildcard tests/tools/*.c))
 TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(O)/tests/tools/%)
 
+# what make image and the QEMU runs need (the kernel .deb is downloaded, never installed)
+IMAGE_PKGS := qemu-system-x86 ovmf busybox-static systemd-boot-efi dosfstools mtools fdisk \
+	cpio kmod zstd xz-utils e2fsprogs
 # Debian packages the build, the demo and the tests need.
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck procps iproute2 \
 	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
 	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium \
 	$(IMAGE_PKGS)
-# what make image and the QEMU runs need (the kernel .deb is downloaded, never installed)
-IMAGE_PKGS := qemu-system-x86 ovmf busybox-static systemd-boot-efi dosfstools mtools fdisk \
-	cpio kmod zstd xz-utils e2fsprogs
 # npm's playwright-core drives Debian's chromium in the browser tests
 PLAYWRIGHT_VERSION := 1.65.1
 NODE_DIR := $(O)/node
@@ -66,11 +66,12 @@ PLAYWRIGHT := $(NODE_DIR)/node_modules/playwright-core/package.json
 .DEFAULT_GOAL := all
 .SECONDARY:
 .PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
-	image menuconfig olddefconfig savedefconfig defconfig config asan
+	image qemu-image menuconfig olddefconfig savedefconfig defconfig config asan
 
 help:
 	@echo 'Farmgate make targets'
-	@echo '  make run              set up, build, start farmgated with a demo farm (Ctrl-C stops)'
+	@echo '  make run              set up, build the image, boot it under QEMU with demo farms (Ctrl-C stops)'
+	@echo '  make run BOARD=host   the same demo with farmgated running natively on this machine'
 	@echo '  make test             set up, build, run every test (release + ASan/UBSan); ends "N passed, N failed"'
 	@echo '  make deps             install missing Debian packages (apt-get, non-interactive)'
 	@echo '  make / make all       build farmgated into $(O)/ (out of tree; O=dir to change)'
@@ -222,13 +223,29 @@ image: all
 	$(Q)[ "$(BOARD)" != host ] || { echo "make image: the host board has no image: make qemu_x86_64_defconfig first"; exit 1; }
 	$(Q)$(PY) tools/mkimage.py --build $(O) --board board/$(BOARD) --version $(VERSION)
 
+# make run and make test build the qemu-x86_64 image in their own output
+# directory (its .config made once from the board's defconfig)
+QEMU_O := $(O)/qemu-x86_64
+qemu-image:
+	$(Q)[ -f $(QEMU_O)/.config ] || $(MAKE) --no-print-directory O=$(QEMU_O) \
+		KCONFIG_CONFIG=$(abspath $(QEMU_O))/.config qemu_x86_64_defconfig >/dev/null
+	$(Q)$(MAKE) --no-print-directory O=$(QEMU_O) KCONFIG_CONFIG=$(abspath $(QEMU_O))/.config image
+
 # ---- run and test -------------------------------------------------------
+# make run boots the image under QEMU; make run BOARD=host runs farmgated natively
+RUN_BOARD := $(if $(filter command line,$(origin BOARD)),$(BOARD),qemu-x86_64)
 run: deps all
+ifeq ($(RUN_BOARD),host)
 	$(Q)$(PY) tests/demo.py --build $(O)
+else
+	$(Q)$(MAKE) --no-print-directory qemu-image
+	$(Q)$(PY) tests/demo_qemu.py --build $(O) --images $(QEMU_O)/images
+endif
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory all unit
 	$(Q)$(MAKE) --no-print-directory asan
+	$(Q)$(MAKE) --no-print-directory qemu-image
 	$(Q)$(PY) tests/run.py --build $(O) --asan-build $(O)/asan
 
 test-unit: all unit

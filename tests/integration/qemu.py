@@ -310,3 +310,41 @@ def add_farm(admin, farm, host, https=False):
                   "action": {"type": "Rewrite",
                              "url": "%s://%s/{R:0}" % ("https" if https else "http", farm["name"])}})
     api_ok(admin.put(API + "/rules", rules), "PUT /rules")
+
+
+class GuestMgmt:
+    """The appliance's farmgate-mgmt as mgmt_client.MgmtClient sees one: the
+    forwarded UI port, and the certificate the appliance made at its first
+    start (read on its console, so that TLS is verified)."""
+
+    class _Env:
+        slow = 1
+
+    def __init__(self, app, workdir):
+        self.env = self._Env()
+        self.host = "127.0.0.1"
+        self.port = app.ui_port
+        self.origin = "https://127.0.0.1:%d" % self.port
+        self.cert_path = os.path.join(workdir, "mgmt-cert.pem")
+        pem = app.guest_file("/data/mgmt/mgmt-cert.pem")
+        assert "BEGIN CERTIFICATE" in pem, pem
+        with open(self.cert_path, "w") as f:
+            f.write(pem)
+
+    def client(self):
+        from mgmt_client import MgmtClient
+        return MgmtClient(self, timeout=60)
+
+    def setup(self, code, password=None):
+        from mgmt_client import PASSWORD
+        c = self.client()
+        r = c.setup(code, password or PASSWORD)
+        assert r.status == 200 and c.sid, "setup with the console's code: " + r.summary()
+        return c
+
+    def login(self, password=None):
+        from mgmt_client import PASSWORD
+        c = self.client()
+        r = c.login(password or PASSWORD)
+        assert r.status == 200, "login: " + r.summary()
+        return c

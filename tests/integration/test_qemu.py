@@ -12,9 +12,8 @@ import os
 import re
 
 from harness import release_only, wait_for
-from mgmt_client import MgmtClient, PASSWORD
 from pki import Pki, TlsNginx, parse_echo, sha1_hex, sha256_hex
-from qemu import API, GUEST_HOST, Appliance, add_farm, api_ok, image_dir, token_client_cert
+from qemu import API, GUEST_HOST, Appliance, GuestMgmt, add_farm, api_ok, image_dir, token_client_cert
 
 TOKEN = "appliance"  # the factory configuration's SoftHSM token
 SECURE_HOST = "secure.test"
@@ -43,37 +42,6 @@ def boot(env, name, boot="direct", disk_mb=256):
     with open(os.path.join(runs, "boot-times.txt"), "a") as f:
         f.write("%s boot: serving %.2f s after QEMU started\n" % (boot, t))
     return app, t
-
-
-class GuestMgmt:
-    """What MgmtClient needs of a farmgate-mgmt: the forwarded port and the
-    certificate the appliance made at its first start (read on its console)."""
-
-    def __init__(self, env, app):
-        self.env = env
-        self.host = "127.0.0.1"
-        self.port = app.ui_port
-        self.origin = "https://127.0.0.1:%d" % self.port
-        self.cert_path = os.path.join(env.mkdtemp("mgmt"), "mgmt-cert.pem")
-        pem = app.guest_file("/data/mgmt/mgmt-cert.pem")
-        assert "BEGIN CERTIFICATE" in pem, pem
-        with open(self.cert_path, "w") as f:
-            f.write(pem)
-
-    def client(self):
-        return MgmtClient(self, timeout=60)
-
-    def setup(self, code):
-        c = self.client()
-        r = c.setup(code, PASSWORD)
-        assert r.status == 200 and c.sid, "setup with the console's code: " + r.summary()
-        return c
-
-    def login(self):
-        c = self.client()
-        r = c.login(PASSWORD)
-        assert r.status == 200, "login: " + r.summary()
-        return c
 
 
 def proxy_get(app, path, host=SECURE_HOST, timeout=30):
@@ -163,7 +131,7 @@ def test_qemu_flashable_image_serves_through_the_token_keeps_config_and_restarts
     assert rc == 0 and "backup" not in out.lower(), "the GPT after the first boot: %s" % out
 
     # the UI, over TLS verified against the certificate it made
-    gm = GuestMgmt(env, app)
+    gm = GuestMgmt(app, env.mkdtemp("mgmt"))
     anon = gm.client()
     r = anon.get("/")
     assert r.status == 200 and b"<html" in r.body.lower(), r.summary()
