@@ -43,9 +43,12 @@ PKCS11 = {
         "optional": [],
     },
     "IMAGE_PKCS11_OPENSC": {
-        "files": ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/sbin/pcscd"],
+        # OpenSC dlopen()s the PC/SC client library: ldd cannot see it
+        "files": ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/sbin/pcscd",
+                  "/usr/lib/x86_64-linux-gnu/libpcsclite.so.1"],
         # the reader drivers that are installed: CCID (USB readers), vpcd (virtual)
-        "optional": ["/usr/lib/pcsc/drivers", "/etc/reader.conf.d/vpcd", "/etc/libccid_Info.plist"],
+        "optional": ["/usr/lib/pcsc/drivers", "/etc/reader.conf.d/vpcd", "/etc/libccid_Info.plist",
+                     "/etc/opensc/opensc.conf"],
     },
 }
 

@@ -280,6 +280,14 @@ class EmulatedCac:
             self.bridge.poll(), harness._read_text(self.bridge_out),
             harness._read_text(self.bridge_log)[-3000:]))
 
+    def attach(self, port):
+        """Instead of start(): no pcscd here, the bridge alone connects the card to a vpcd
+        reader listening on 127.0.0.1:port (an appliance's pcscd, through QEMU's port
+        forwarding)."""
+        self.port = port
+        self._start_bridge()
+        return self
+
     def start(self):
         """Takes the pcscd lock, starts pcscd and the bridge, waits until OpenSC names the card
         in reader 0 a CAC (bounded)."""

@@ -52,7 +52,7 @@ def _free_port():
 
 class Appliance:
     def __init__(self, images, workdir, boot="direct", disk_mb=256, mem_mb=512, disk=None,
-                 serial_log=None, http_port=None, ui_port=None):
+                 serial_log=None, http_port=None, ui_port=None, forward=None):
         self.images = images
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -74,6 +74,8 @@ class Appliance:
             self.sock_path = os.path.join(tempfile.mkdtemp(prefix="fgq-"), "console.sock")
         self.http_port = http_port or _free_port()
         self.ui_port = ui_port or _free_port()
+        # more guest ports reached from the host: {guest port: host port}
+        self.forward = {g: (h or _free_port()) for g, h in (forward or {}).items()}
         self.proc = None
         self.con = None
         self.started = None
@@ -88,8 +90,9 @@ class Appliance:
              % (self.sock_path, self.serial_log),
              "-serial", "chardev:con",
              "-drive", "file=%s,if=virtio,format=raw,cache=writeback" % self.disk,
-             "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:80,hostfwd=tcp:127.0.0.1:%d-:443"
-             % (self.http_port, self.ui_port),
+             "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:80,hostfwd=tcp:127.0.0.1:%d-:443%s"
+             % (self.http_port, self.ui_port,
+                "".join(",hostfwd=tcp:127.0.0.1:%d-:%d" % (h, g) for g, h in self.forward.items())),
              "-device", "virtio-net-pci,netdev=n0,romfile=",
              "-device", "virtio-rng-pci"]
         if self.boot == "efi":

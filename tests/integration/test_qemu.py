@@ -11,6 +11,7 @@ image has the release binaries.
 import os
 import re
 
+from cac import EmulatedCac
 from harness import release_only, wait_for
 from pki import Pki, TlsNginx, parse_echo, sha1_hex, sha256_hex
 from qemu import API, GUEST_HOST, Appliance, GuestMgmt, add_farm, api_ok, image_dir, token_client_cert
@@ -27,14 +28,14 @@ def _runs_dir(env, name):
     return d
 
 
-def boot(env, name, boot="direct", disk_mb=256):
+def boot(env, name, boot="direct", disk_mb=256, forward=None):
     """Boots a fresh appliance; its serial log goes to build/qemu-x86_64/runs/NAME/."""
     runs = _runs_dir(env, name)
     serial = os.path.join(runs, "serial.log")
     if os.path.exists(serial):
         os.unlink(serial)  # one run's console per file
     app = Appliance(image_dir(env.build), env.mkdtemp("qemu"), boot=boot, disk_mb=disk_mb,
-                    serial_log=serial)
+                    serial_log=serial, forward=forward)
     env.on_cleanup(app.stop)
     app.start()
     t = app.wait_ready(timeout=BOOT_BOUND_S * 2)
@@ -169,3 +170,49 @@ def test_qemu_flashable_image_serves_through_the_token_keeps_config_and_restarts
     assert_through(app, ng, sha1, "/after/the/kill/2")
     log = app.guest_file("/data/log/messages")
     assert re.search(r"fg-supervise: farmgated exited \(status 137\)", log), log[-2000:]
+
+
+VPCD_PORT = 35963  # the guest pcscd's virtual reader (vsmartcard's vpcd)
+OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+
+
+@release_only
+def test_qemu_smart_card_in_the_appliance_through_opensc_and_pcscd(env):
+    """The image's OpenSC and pcscd (IMAGE_PKCS11_OPENSC): an emulated CAC card on the host
+    (libcacard over a SoftHSM token, build/tests/tools/cac_vpcd) is inserted into the
+    appliance's virtual reader (vpcd, reached through a forwarded port). OpenSC in the guest
+    names it; a token "cac" added through PUT /config (its PIN in a root-only file typed on
+    the console) and a farm whose clientCertHash is the card certificate's make the request
+    through the appliance reach nginx on the host as the card's user. The key is on the card:
+    farmgated signs through OpenSC, APDU by APDU, inside the guest."""
+    app, _ = boot(env, "smart-card", forward={VPCD_PORT: None})
+    admin = GuestMgmt(app, env.mkdtemp("mgmt")).setup(app.setup_code())
+    ca = Pki(env, "ca")
+    card = EmulatedCac(env, ca, cn="cac-user", start=False).attach(app.forward[VPCD_PORT])
+
+    def card_label():
+        rc, out = app.sh("farmgatectl token slots --module %s" % OPENSC, check=False, timeout=60)
+        m = re.search(r"slot 0: Virtual PCD 00 00.*\n\s+token:\s+(\S.*?)\s*\n", out)
+        return m.group(1) if rc == 0 and m and m.group(1) != "(none)" else None
+
+    label = wait_for(card_label, timeout=60, interval=1, msg="OpenSC in the guest seeing the card")
+    app.sh("umask 077; printf %%s '%s' > /data/secrets/cac.pin" % card.pin)
+
+    cfg = api_ok(admin.get(API + "/config"), "GET /config")
+    cfg["tokens"].append({"name": "cac", "module": OPENSC, "uri": "pkcs11:token=" + label.replace(" ", "%20"),
+                          "pinFile": "/data/secrets/cac.pin"})
+    api_ok(admin.put(API + "/config", cfg), "PUT /config with token cac")
+    crt, key = ca.server_cert("badge-be", ["DNS:badge.internal"])
+    ng = TlsNginx(env, crt, key, client_ca=ca.crt, users={card.sha1: "cac-user"}, name="badge").start()
+    add_farm(admin, {"name": "badge",
+                     "servers": [{"address": GUEST_HOST, "httpsPort": ng.port, "hostName": "badge.internal",
+                                  "certificatePin": sha256_hex(crt)}],
+                     "protocol": {"preserveHostHeader": False, "clientCertHash": card.sha1,
+                                  "clientCertToken": "cac"}},
+             "badge.test", https=True)
+    status, body = proxy_get(app, "/with/the/card", host="badge.test", timeout=120)
+    assert status == 200 and parse_echo(body).get("user") == "cac-user", \
+        "GET through the appliance with the card's key: %d %r\n%s" % (
+            status, body[:300], app.sh("tail -n 15 /data/log/messages")[1])
+    toks = {t["name"]: t for t in api_ok(admin.get(API + "/tokens"), "tokens")["tokens"]}
+    assert toks["cac"]["loggedIn"] and toks["cac"]["signatures"] >= 1, toks["cac"]
