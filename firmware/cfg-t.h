@@ -205,6 +205,35 @@ enum log_target {
 	LOG_TARGET_OFF = 2,
 };
 
+/* A list of strings of the configuration (owned). */
+struct str_list {
+	char **v;
+	unsigned int n;
+};
+
+enum net_mode {
+	NET_MODE_DHCP = 0,
+	NET_MODE_STATIC = 1,
+};
+
+#define SYSTEM_DNS_MAX 3
+#define SYSTEM_NTP_MAX 4
+
+/* "system": the appliance's operating-system settings. farmgated only
+ * validates them; the init scripts read them through farmgated -S. Every
+ * value is made of [A-Za-z0-9.:/_-] (it is printed single-quoted for sh). */
+struct system_cfg {
+	char *host_name; /* RFC 1123, default "farmgate" */
+	struct {
+		char *interface;     /* default "eth0" */
+		int mode;	     /* enum net_mode, default dhcp */
+		char *address;	     /* IPv4 or IPv6 CIDR, static only; NULL = none */
+		char *gateway;	     /* same family as address, static only */
+		struct str_list dns; /* 0 to SYSTEM_DNS_MAX addresses */
+	} net;
+	struct str_list ntp_servers; /* 0 to SYSTEM_NTP_MAX addresses or host names */
+};
+
 struct config {
 	int refcnt;
 	struct listener_cfg *listeners;
@@ -244,6 +273,7 @@ struct config {
 		char *cert_token; /* tokens[].name; NULL = the only token */
 		int configured;	  /* the section is present: ports are checked */
 	} mgmt;
+	struct system_cfg system;
 	int tls_prepared; /* tls_prepare() ran: farm->tls set where needed */
 };
 

@@ -220,6 +220,103 @@ static int has_ctl(const char *s)
 	return 0;
 }
 
+/* AF_INET or AF_INET6 for a numeric IPv4 or IPv6 address (no scope, no
+ * brackets), 0 for anything else. */
+static int ip_family(const char *s)
+{
+	unsigned char bin[sizeof(struct in6_addr)];
+
+	if (inet_pton(AF_INET, s, bin) == 1)
+		return AF_INET;
+	if (inet_pton(AF_INET6, s, bin) == 1)
+		return AF_INET6;
+	return 0;
+}
+
+static int is_ip(const char *s)
+{
+	return ip_family(s) != 0;
+}
+
+static int is_alnum(unsigned char ch)
+{
+	return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+/* RFC 1123 host name: dot-separated labels of 1 to 63 letters, digits and
+ * '-', none starting or ending with '-'; 253 characters at most. */
+static int is_host_name(const char *s)
+{
+	size_t len = strlen(s), label = 0, i;
+
+	if (len == 0 || len > 253)
+		return 0;
+	for (i = 0; i <= len; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (ch == '.' || ch == '\0') {
+			if (label == 0 || label > 63 || s[i - 1] == '-')
+				return 0;
+			label = 0;
+		} else if (is_alnum(ch) || (ch == '-' && label > 0)) {
+			label++;
+		} else {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static int is_ip_or_host_name(const char *s)
+{
+	return is_ip(s) || is_host_name(s);
+}
+
+/* A network interface name as Linux takes it: 1 to 15 of [A-Za-z0-9_.-],
+ * not "." or "..". */
+static int is_ifname(const char *s)
+{
+	size_t i;
+
+	if (!strcmp(s, ".") || !strcmp(s, ".."))
+		return 0;
+	for (i = 0; s[i]; i++)
+		if (i == 15 || !(is_alnum((unsigned char)s[i]) || strchr("_.-", s[i])))
+			return 0;
+	return i > 0;
+}
+
+/* "address/prefix": a numeric IPv4 address with a prefix of 1 to 32, or
+ * IPv6 with 1 to 128, in decimal without leading zeros (iproute2 would read
+ * "/024" as octal). Returns the family, or 0. */
+static int cidr_family(const char *s)
+{
+	const char *slash = strchr(s, '/');
+	char ip[INET6_ADDRSTRLEN];
+	size_t n = slash ? (size_t)(slash - s) : 0;
+	unsigned int prefix = 0;
+	int fam, i;
+
+	if (!slash || n >= sizeof(ip) || slash[1] == '0')
+		return 0;
+	for (i = 1; slash[i]; i++) {
+		if (i > 3 || slash[i] < '0' || slash[i] > '9')
+			return 0;
+		prefix = prefix * 10 + (unsigned int)(slash[i] - '0');
+	}
+	memcpy(ip, s, n);
+	ip[n] = '\0';
+	fam = ip_family(ip);
+	if (!fam || prefix < 1 || prefix > (fam == AF_INET ? 32u : 128u))
+		return 0;
+	return fam;
+}
+
+static int is_cidr(const char *s)
+{
+	return cidr_family(s) != 0;
+}
+
 /* Formats ms as an ARR TimeSpan ("d.hh:mm:ss.fff", parts omitted when zero). */
 static void fmt_timespan(char *buf, size_t len, uint64_t ms)
 {
@@ -410,6 +507,67 @@ static int set_reason(struct cfg_ctx *c, const struct json_value *v, void *base,
 	if (v->type == JSON_STRING && has_ctl(v->u.str.s))
 		return cfg_fail(c, "must not contain control characters");
 	return set_str(c, v, base, f);
+}
+
+/* A check of a string value: the test and the reason given when it fails. */
+struct str_check {
+	int (*ok)(const char *s);
+	const char *must; /* "must be ..." */
+};
+
+/* v is a string that passes check k. Returns 0, or -1 after the error. */
+static int check_str(struct cfg_ctx *c, const struct json_value *v, const struct str_check *k)
+{
+	if (v->type != JSON_STRING)
+		return cfg_fail(c, "must be a string");
+	if (!k->ok(v->u.str.s))
+		return cfg_fail(c, "%s", k->must);
+	return 0;
+}
+
+/* A string that passes the check f->aux (struct str_check). */
+static int set_checked(struct cfg_ctx *c, const struct json_value *v, void *base,
+		       const struct field *f)
+{
+	if (check_str(c, v, f->aux) < 0)
+		return -1;
+	return set_str(c, v, base, f);
+}
+
+/* An array of at most f->max strings, each passing the check f->aux, into
+ * the struct str_list at base + f->off. */
+static int set_str_list(struct cfg_ctx *c, const struct json_value *v, void *base,
+			const struct field *f)
+{
+	struct str_list *l = (struct str_list *)((char *)base + f->off);
+	size_t i, old;
+
+	if (v->type != JSON_ARRAY)
+		return cfg_fail(c, "must be an array");
+	if (v->u.arr.n > (size_t)f->max)
+		return cfg_fail(c, "at most %" PRId64 " entries", f->max);
+	if (cfg_calloc(c, &l->v, v->u.arr.n, sizeof(char *)) < 0)
+		return -1;
+	l->n = v->u.arr.n;
+	for (i = 0; i < v->u.arr.n; i++) {
+		old = path_idx(c, i);
+		if (check_str(c, v->u.arr.items[i], f->aux) < 0)
+			return -1;
+		l->v[i] = cfg_strdup(c, v->u.arr.items[i]->u.str.s);
+		if (l->v[i] == NULL)
+			return -1;
+		path_pop(c, old);
+	}
+	return 0;
+}
+
+static void str_list_free(struct str_list *l)
+{
+	unsigned int i;
+
+	for (i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
 }
 
 /* One of the names in f->aux (ASCII case-insensitive, as IIS reads enums). */
@@ -694,10 +852,7 @@ static int set_listener_ssl(struct cfg_ctx *c, const struct json_value *v, void 
 static int set_listen_addr(struct cfg_ctx *c, const struct json_value *v, void *base,
 			   const struct field *f)
 {
-	unsigned char bin[sizeof(struct in6_addr)];
-
-	if (v->type == JSON_STRING && inet_pton(AF_INET, v->u.str.s, bin) != 1 &&
-	    inet_pton(AF_INET6, v->u.str.s, bin) != 1)
+	if (v->type == JSON_STRING && !is_ip(v->u.str.s))
 		return cfg_fail(c, "must be a numeric IPv4 or IPv6 address");
 	return set_str(c, v, base, f);
 }
@@ -1405,6 +1560,94 @@ static int set_mgmt(struct cfg_ctx *c, const struct json_value *v, void *base,
 	return parse_fields(c, v, mgmt_fields, base);
 }
 
+/* ---- system: the appliance's operating-system settings ------------------ */
+
+static const struct str_check host_name_check = {
+	is_host_name, "must be a host name (RFC 1123: dot-separated labels of 1 to 63 letters, "
+		      "digits and '-', not starting or ending with '-'; 253 characters at most)"};
+static const struct str_check ifname_check = {
+	is_ifname, "must be a network interface name: 1 to 15 letters, digits, '_', '.' and '-'"};
+static const struct str_check ip_check = {is_ip, "must be a numeric IPv4 or IPv6 address"};
+static const struct str_check cidr_check = {
+	is_cidr, "must be an IPv4 or IPv6 address with its prefix length, e.g. 192.168.1.10/24 "
+		 "or 2001:db8::10/64"};
+static const struct str_check ntp_check = {
+	is_ip_or_host_name, "must be a numeric IPv4 or IPv6 address or a host name (RFC 1123)"};
+
+static const struct enum_desc net_mode_desc = {
+	"mode",
+	"dhcp or static",
+	(const struct enum_name[]){
+		{"dhcp", NET_MODE_DHCP},
+		{"static", NET_MODE_STATIC},
+		{NULL, 0},
+	},
+};
+
+static const struct field net_fields[] = {
+	{"interface", set_checked, offsetof(struct config, system.net.interface), 0, 0,
+	 &ifname_check},
+	{"mode", set_enum, offsetof(struct config, system.net.mode), 0, 0, &net_mode_desc},
+	{"address", set_checked, offsetof(struct config, system.net.address), 0, 0, &cidr_check},
+	{"gateway", set_checked, offsetof(struct config, system.net.gateway), 0, 0, &ip_check},
+	{"dns", set_str_list, offsetof(struct config, system.net.dns), 0, SYSTEM_DNS_MAX,
+	 &ip_check},
+	{NULL},
+};
+
+/* system.network (base is the config): static mode needs an address, and a
+ * gateway of its family; DHCP gives both, so neither is written then. */
+static int set_network(struct cfg_ctx *c, const struct json_value *v, void *base,
+		       const struct field *f)
+{
+	const struct system_cfg *s = &((struct config *)base)->system;
+	int fam;
+
+	(void)f;
+	if (parse_fields(c, v, net_fields, base) < 0)
+		return -1;
+	if (s->net.mode == NET_MODE_DHCP) {
+		if (!s->net.address && !s->net.gateway)
+			return 0;
+		path_key(c, s->net.address ? "address" : "gateway");
+		return cfg_fail(c, "only with mode static");
+	}
+	if (!s->net.address) {
+		path_key(c, "address");
+		return cfg_fail(c, "is required with mode static");
+	}
+	fam = cidr_family(s->net.address);
+	if (s->net.gateway && ip_family(s->net.gateway) != fam) {
+		path_key(c, "gateway");
+		return cfg_fail(c, "must be an %s address, as address is",
+				fam == AF_INET ? "IPv4" : "IPv6");
+	}
+	return 0;
+}
+
+static const struct field system_fields[] = {
+	{"hostName", set_checked, offsetof(struct config, system.host_name), 0, 0,
+	 &host_name_check},
+	{"network", set_network, 0},
+	{"ntpServers", set_str_list, offsetof(struct config, system.ntp_servers), 0, SYSTEM_NTP_MAX,
+	 &ntp_check},
+	{NULL},
+};
+
+/* The defaults of what the file leaves out. */
+static int system_finish(struct cfg_ctx *c, struct config *cfg)
+{
+	struct system_cfg *s = &cfg->system;
+
+	snprintf(c->path, sizeof(c->path), "$.system");
+	c->plen = strlen(c->path);
+	if (!s->host_name && !(s->host_name = cfg_strdup(c, "farmgate")))
+		return -1;
+	if (!s->net.interface && !(s->net.interface = cfg_strdup(c, "eth0")))
+		return -1;
+	return 0;
+}
+
 static const struct field top_fields[] = {
 	{"tokens", set_tokens, 0},
 	{"listeners", set_listeners, 0},
@@ -1415,6 +1658,7 @@ static const struct field top_fields[] = {
 	{"rules", set_rules, 0},
 	{"control", set_object, 0, 0, 0, control_fields},
 	{"management", set_mgmt, 0},
+	{"system", set_object, 0, 0, 0, system_fields},
 	{NULL},
 };
 
@@ -1624,6 +1868,12 @@ static void cfg_free(struct config *cfg, unsigned int ncompiled)
 	free(cfg->mgmt.key_file);
 	free(cfg->mgmt.cert_hash);
 	free(cfg->mgmt.cert_token);
+	free(cfg->system.host_name);
+	free(cfg->system.net.interface);
+	free(cfg->system.net.address);
+	free(cfg->system.net.gateway);
+	str_list_free(&cfg->system.net.dns);
+	str_list_free(&cfg->system.ntp_servers);
 	free(cfg);
 }
 
@@ -1676,7 +1926,7 @@ struct config *cfg_load_buf(const char *json, size_t len, char *err, size_t errl
 	}
 	if (check_identities(&c, cfg) < 0)
 		goto fail;
-	if (mgmt_finish(&c, cfg) < 0)
+	if (mgmt_finish(&c, cfg) < 0 || system_finish(&c, cfg) < 0)
 		goto fail;
 	/* rules name farms: compile once all of them exist */
 	for (i = 0; i < cfg->nrules; i++) {
@@ -1805,6 +2055,58 @@ struct farm *cfg_find_farm(const struct config *cfg, const char *name, size_t le
 			return &cfg->farms[i];
 	}
 	return NULL;
+}
+
+/* What may stand between single quotes in sh without any escaping, and
+ * more: exactly the bytes the system settings are validated to. */
+static int shell_safe(const char *s)
+{
+	for (; s && *s; s++)
+		if (!is_alnum((unsigned char)*s) && !strchr(".:/_-", *s))
+			return 0;
+	return 1;
+}
+
+/* See cfg.h. Every value is checked before anything is printed. */
+int cfg_system_shell(const struct config *cfg, FILE *out, char *err, size_t errlen)
+{
+	const struct system_cfg *s = &cfg->system;
+	const struct {
+		const char *name;
+		const char *value;	     /* NULL: "" (or the list) */
+		const struct str_list *list; /* space-separated */
+	} vars[] = {
+		{"FG_HOSTNAME", s->host_name, NULL},
+		{"FG_NET_IF", s->net.interface, NULL},
+		{"FG_NET_MODE", s->net.mode == NET_MODE_STATIC ? "static" : "dhcp", NULL},
+		{"FG_NET_ADDRESS", s->net.address, NULL},
+		{"FG_NET_GATEWAY", s->net.gateway, NULL},
+		{"FG_NET_DNS", NULL, &s->net.dns},
+		{"FG_NTP_SERVERS", NULL, &s->ntp_servers},
+	};
+	size_t i;
+	unsigned int j;
+
+	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+		int ok = shell_safe(vars[i].value);
+
+		for (j = 0; vars[i].list && j < vars[i].list->n; j++)
+			ok = ok && shell_safe(vars[i].list->v[j]);
+		if (!ok) {
+			snprintf(err, errlen,
+				 "%s: a value holds a byte outside [A-Za-z0-9.:/_-]: nothing "
+				 "printed",
+				 vars[i].name);
+			return -1;
+		}
+	}
+	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+		fprintf(out, "%s='%s", vars[i].name, vars[i].value ? vars[i].value : "");
+		for (j = 0; vars[i].list && j < vars[i].list->n; j++)
+			fprintf(out, "%s%s", j ? " " : "", vars[i].list->v[j]);
+		fputs("'\n", out);
+	}
+	return 0;
 }
 
 /* Reads 1 to maxd decimal digits at s[*i..len) into *v. */

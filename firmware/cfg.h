@@ -3,6 +3,7 @@
 #define FG_CFG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "cfg-t.h"
 
@@ -23,6 +24,14 @@ void cfg_put(struct config *cfg);
 
 /* Farm by name, ASCII case-insensitive (ARR's names are). NULL if none. */
 struct farm *cfg_find_farm(const struct config *cfg, const char *name, size_t len);
+
+/* Prints the system section as sh assignments, one per line, every value
+ * single-quoted, defaults filled in, lists space-separated (farmgated -S):
+ * FG_HOSTNAME, FG_NET_IF, FG_NET_MODE, FG_NET_ADDRESS, FG_NET_GATEWAY,
+ * FG_NET_DNS, FG_NTP_SERVERS. Returns 0, or -1 with err and nothing printed
+ * if a value holds a byte outside [A-Za-z0-9.:/_-] (the loader lets none
+ * through; this is the last guard before a shell reads them). */
+int cfg_system_shell(const struct config *cfg, FILE *out, char *err, size_t errlen);
 
 /* Parses an ARR TimeSpan "hh:mm:ss" (or "d.hh:mm:ss", optional ".fff") into
  * milliseconds. Returns 0, or -1 if malformed. */

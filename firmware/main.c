@@ -30,10 +30,12 @@ struct daemon {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: farmgated [-t] -c FILE\n"
+	fprintf(f, "usage: farmgated [-t | -S] -c FILE\n"
 		   "       farmgated -V\n"
 		   "  -c FILE  configuration file (JSON, ARR attribute names)\n"
 		   "  -t       check the configuration and exit (0 = valid)\n"
+		   "  -S       check the file (no token is opened), then print its system\n"
+		   "           section as sh assignments (FG_HOSTNAME='...', defaults filled in)\n"
 		   "  -V       print the version and the build options\n"
 		   "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT stop gracefully.\n");
 }
@@ -133,15 +135,18 @@ int main(int argc, char **argv)
 	char err[1024];
 	struct config *cfg;
 	sigset_t set;
-	int opt, check = 0;
+	int opt, check = 0, print_system = 0;
 
-	while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+	while ((opt = getopt(argc, argv, "c:tSVh")) != -1) {
 		switch (opt) {
 		case 'c':
 			d.cfg_path = optarg;
 			break;
 		case 't':
 			check = 1;
+			break;
+		case 'S':
+			print_system = 1;
 			break;
 		case 'V':
 			printf("farmgated %s\n%s", FG_VERSION, FG_BUILD_OPTIONS);
@@ -168,6 +173,18 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &set, NULL);
 
 	cfg = cfg_load_file(d.cfg_path, err, sizeof(err));
+	if (cfg && print_system) {
+		/* for the init scripts, before the network and the tokens are
+		 * up: the file is checked, but no token is opened */
+		int rc = cfg_system_shell(cfg, stdout, err, sizeof(err)) == -1 ? 1 : 0;
+
+		if (rc)
+			fprintf(stderr, "farmgated: %s\n", err);
+		else if (fflush(stdout) == EOF)
+			rc = 1;
+		cfg_put(cfg);
+		return rc;
+	}
 	if (cfg && tls_prepare(cfg, err, sizeof(err)) == -1) {
 		cfg_put(cfg);
 		cfg = NULL;

@@ -1077,7 +1077,38 @@
       d = d || {};
       vers.replaceChildren(...[['Version', d.version], ['Uptime', uptime(d.uptimeS)], ['Build options', d.buildOptions]]
         .map(([k, x]) => h('div', { 'data-test': 'sys-' + k.split(' ')[0].toLowerCase() }, h('dt', { text: k }), h('dd', { class: k === 'Build options' ? 'small mono' : '', text: any(x) }))));
+      /* reboot and factory reset: only where the appliance has them */
+      if (alive(v)) for (const a of ['reboot', 'factory-reset']) if (list(d, 'actions').includes(a)) cols.append(actionCard(a));
     }, (e) => { vers.replaceChildren(); say(vbox, e); });
+
+    function actionCard(action) {
+      const reset = action === 'factory-reset';
+      const box = msgBox(action + '-error');
+      const pw = h('input', { type: 'password', autocomplete: 'current-password', required: true });
+      const conf = h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', required: true });
+      const b = h('button', { type: 'submit', class: 'danger', 'data-test': action + '-submit', text: reset ? 'Erase everything and restart' : 'Reboot' });
+      const f = h('form', { 'data-test': action + '-form' }, box, userField(),
+        h('p', { class: reset ? 'msg error' : 'muted small', text: reset
+          ? 'Erases the configuration, the tokens, the keys and certificates, the administrator password and the logs on the appliance, then restarts it with its factory settings. This cannot be undone: download a backup first.'
+          : 'Restarts the appliance: the proxy does not serve until it is back.' }),
+        labelled(reset ? 'reset-password' : 'reboot-password', 'Administrator password', pw),
+        reset ? labelled('reset-confirm', 'Type factory-reset to confirm', conf) : null,
+        h('div', { class: 'bar' }, b));
+      f.addEventListener('submit', (ev) => {
+        ev.preventDefault();
+        box.hidden = true;
+        if (reset && conf.value.trim() !== 'factory-reset') { say(box, 'Type factory-reset to confirm.'); conf.focus(); return; }
+        const body = reset ? { password: pw.value, confirm: 'factory-reset' } : { password: pw.value };
+        pw.value = '';
+        busy(b, async () => {
+          try {
+            await api('POST', '/system/' + action, body);
+            pageRestarting(reset);
+          } catch (e) { say(box, e); }
+        });
+      });
+      return sec(reset ? 'Factory reset' : 'Reboot', action, f);
+    }
 
     /* password */
     const pb = msgBox('password-error');
@@ -1152,15 +1183,51 @@
     loadLogs();
     loadAudit();
 
-    main.append(h('div', { class: 'pagehead' }, h('h1', { text: 'System' })),
-      h('div', { class: 'cols' },
-        sec('Version', 'version', vbox, vers),
-        sec('Administrator password', 'password', pf),
-        sec('Backup and restore', 'backup-restore', h('p', { class: 'muted small', text: 'The configuration without secrets (PINs, PFX passwords stay out).' }),
-          bb, h('div', { class: 'bar' }, dl), labelled('restore-file', 'Backup to restore', file), h('div', { class: 'bar' }, rB))),
+    const cols = h('div', { class: 'cols' },
+      sec('Version', 'version', vbox, vers),
+      sec('Administrator password', 'password', pf),
+      sec('Backup and restore', 'backup-restore', h('p', { class: 'muted small', text: 'The configuration without secrets (PINs, PFX passwords stay out).' }),
+        bb, h('div', { class: 'bar' }, dl), labelled('restore-file', 'Backup to restore', file), h('div', { class: 'bar' }, rB)));
+    main.append(h('div', { class: 'pagehead' }, h('h1', { text: 'System' })), cols,
       sec('Recent log', 'logs-section', h('div', { class: 'bar' }, btn('Refresh', 'refresh-logs', loadLogs, 'small')), logs),
       sec('Audit log', 'audit-section', h('div', { class: 'bar' }, btn('Refresh', 'refresh-audit', loadAudit, 'small')), audit));
-    void v;
+  }
+
+  /* After a reboot or factory reset was accepted: GET /auth/state every 2 s until the
+   * appliance answers as a restarted one (it stopped answering, or the session is gone),
+   * then the page loads again (sign-in, or setup after a factory reset). */
+  function pageRestarting(reset) {
+    const v = ++S.view;
+    clearTimeout(S.timer);
+    const t0 = Date.now();
+    let down = false;
+    const wait = h('p', { class: 'muted', 'data-test': 'restart-wait', role: 'status', 'aria-live': 'polite', text: 'Waiting for the appliance to answer again…' });
+    main.replaceChildren(h('section', { class: 'card auth', 'data-test': 'restarting' },
+      h('h1', { 'data-test': 'system-action-status', text: 'Rebooting…' }),
+      h('p', { text: reset ? 'The appliance is erasing its data and restarting with its factory settings.' : 'The appliance is restarting.' }),
+      reset ? h('p', { class: 'msg info', 'data-test': 'setup-code-needed', text: 'It has no administrator password afterwards: the setup code shown on its console is needed again to set one. It also makes a new certificate, so the browser may warn about it once: if this page waits for long, reload it.' }) : null,
+      wait));
+    document.title = 'Rebooting… · Farmgate';
+    /* the session does not outlive the restart: nothing to navigate to meanwhile */
+    document.getElementById('nav').hidden = document.getElementById('logout').hidden = true;
+    async function poll() {
+      let st = null;
+      const ctl = new AbortController();
+      const to = setTimeout(() => ctl.abort(), 1800);
+      try {
+        const r = await fetch('/api/v1/auth/state', { credentials: 'same-origin', cache: 'no-store', signal: ctl.signal });
+        st = r.ok ? await r.json() : null;
+      } catch (e) { st = null; }
+      clearTimeout(to);
+      if (!alive(v)) return;
+      if (st && (down || !st.loggedIn)) { location.reload(); return; }
+      if (!st) down = true;
+      const min = Math.floor((Date.now() - t0) / 60000);
+      if (!st && min >= 1) wait.textContent = 'Not answering yet (' + min + ' min): still waiting…';
+      if (st && min >= 2) wait.textContent = 'The appliance is still running as before (' + min + ' min): the restart has not begun. Its log may say why.';
+      S.timer = setTimeout(poll, 2000);
+    }
+    S.timer = setTimeout(poll, 2000);
   }
 
   /* ---- router --------------------------------------------------------- */

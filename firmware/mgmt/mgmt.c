@@ -16,8 +16,10 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +45,10 @@
 #define MAX_HEADERS	64
 #define KEEPALIVE_N	100
 #define HEAD_DEADLINE_S 20 /* a request head (or the handshake) must come within it */
+
+#if defined(SYS_close_range) && !defined(CLOSE_RANGE_CLOEXEC)
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
 
 struct mgmt M;
 static atomic_int nconns;
@@ -128,6 +134,101 @@ void audit(const char *ip, const char *action, const char *detail)
 	fputc('\n', f);
 	fclose(f);
 	LOGI("audit: %s %s %s", ip, action, detail ? detail : "");
+}
+
+/* ---- the system-actions helper (-x) ------------------------------------------------ */
+
+/* fd becomes fd target of the new program (dup2 would leave target's
+ * close-on-exec set if they are the same). Async-signal-safe. */
+static int fd_onto(int fd, int target)
+{
+	if (fd == target)
+		return fcntl(fd, F_SETFD, 0);
+	return dup2(fd, target);
+}
+
+/* The child of helper_run: this process is a copy of a threaded one, so only
+ * async-signal-safe calls until execv. Signal dispositions back to their
+ * defaults (SIGPIPE is ignored here), nothing blocked, its own session (a
+ * signal to farmgate-mgmt's process group must not stop a factory reset
+ * half-way), stdin and stdout on /dev/null, stderr kept (the log). On
+ * failure, errno goes back through errfd. */
+__attribute__((noreturn)) static void helper_child(char *const argv[], int null, int errfd)
+{
+	struct sigaction sa;
+	sigset_t none;
+	int sig, e;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_DFL;
+	for (sig = 1; sig < NSIG; sig++)
+		sigaction(sig, &sa, NULL); /* SIGKILL, SIGSTOP and libc's own refuse: fine */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setsid();
+	if (fd_onto(null, 0) == -1 || fd_onto(null, 1) == -1)
+		goto fail;
+#ifdef SYS_close_range
+	/* whatever a library opened without O_CLOEXEC (a PKCS#11 module) */
+	syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+#endif
+	execv(argv[0], argv);
+fail:
+	e = errno;
+	if (write(errfd, &e, sizeof(e)) != (ssize_t)sizeof(e))
+		_exit(126);
+	_exit(127);
+}
+
+/* Runs "PROGRAM ACTION" (-x; no shell, nothing from the configuration in its
+ * arguments). Called by a connection's thread once the answer is out and the
+ * connection closed: the thread waits for the helper, so it is reaped (no
+ * zombie), and logs how it ended. */
+static void helper_run(const char *action)
+{
+	char *const argv[] = {(char *)M.system_helper, (char *)action, NULL};
+	int pfd[2], null, status, e = 0;
+	ssize_t n;
+	pid_t pid;
+
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null == -1 || pipe2(pfd, O_CLOEXEC) == -1) {
+		LOGE("%s %s: not run: %s", M.system_helper, action, strerror(errno));
+		if (null >= 0)
+			close(null);
+		return;
+	}
+	pid = fork();
+	if (pid == 0)
+		helper_child(argv, null, pfd[1]);
+	e = errno;
+	close(pfd[1]);
+	close(null);
+	if (pid == -1) {
+		LOGE("%s %s: not run: fork: %s", M.system_helper, action, strerror(e));
+		close(pfd[0]);
+		return;
+	}
+	/* the pipe closes at a successful exec, or brings its errno */
+	do
+		n = read(pfd[0], &e, sizeof(e));
+	while (n == -1 && errno == EINTR);
+	close(pfd[0]);
+	if (n == (ssize_t)sizeof(e))
+		LOGE("%s %s: cannot run it: %s", M.system_helper, action, strerror(e));
+	else
+		LOGI("%s %s: started (pid %d)", M.system_helper, action, (int)pid);
+	while (waitpid(pid, &status, 0) == -1)
+		if (errno != EINTR)
+			return;
+	if (n == (ssize_t)sizeof(e))
+		return;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		LOGI("%s %s: done", M.system_helper, action);
+	else if (WIFEXITED(status))
+		LOGE("%s %s: exited with status %d", M.system_helper, action, WEXITSTATUS(status));
+	else
+		LOGE("%s %s: killed by signal %d", M.system_helper, action, WTERMSIG(status));
 }
 
 /* ---- the certificate --------------------------------------------------------- */
@@ -350,7 +451,8 @@ struct conn {
 	char ip[INET6_ADDRSTRLEN];
 	char in[HEAD_MAX];
 	size_t in_len;
-	time_t deadline; /* for the request head (and the handshake before it) */
+	time_t deadline;       /* for the request head (and the handshake before it) */
+	const char *run_after; /* a system action, once the connection is closed */
 };
 
 /* Connections per client address: one address cannot take every slot. */
@@ -570,8 +672,16 @@ static int serve_one(struct conn *c)
 		keep = 0;
 		goto out;
 	}
-	if (send_response(c, &rs, r.method == HTTP_M_HEAD, keep) == -1)
+	if (rs.run_after)
+		keep = 0; /* the last answer of this connection, then the action */
+	if (send_response(c, &rs, r.method == HTTP_M_HEAD, keep) == -1) {
 		keep = 0;
+		if (rs.run_after)
+			LOGW("%s accepted, but the answer could not be sent: not run",
+			     rs.run_after);
+	} else {
+		c->run_after = rs.run_after;
+	}
 	jb_free(&rs.body);
 out:
 	if (body)
@@ -594,6 +704,7 @@ out:
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
+	const char *action;
 	int i;
 
 	struct timeval hs = {HEAD_DEADLINE_S / 4, 0}, io = {IO_TIMEOUT_S, 0};
@@ -610,9 +721,14 @@ static void *conn_main(void *arg)
 	SSL_free(c->ssl);
 	close(c->fd);
 	per_ip_give(c->ip);
+	action = c->run_after;
 	free(c);
 	OPENSSL_thread_stop();
 	atomic_fetch_sub(&nconns, 1);
+	/* the answer is out and the connection closed: no slot is held while the
+	 * helper runs, and this thread waits for it */
+	if (action)
+		helper_run(action);
 	return NULL;
 }
 
@@ -655,12 +771,16 @@ fail:
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: farmgate-mgmt -c FILE [-d DATADIR] [-s SOCKET]\n"
-		   "  -c FILE    farmgated's configuration (its \"management\" section: address, "
-		   "port)\n"
-		   "  -d DIR     data directory: certificate, password hash, audit log "
-		   "(default /var/lib/farmgate)\n"
-		   "  -s SOCKET  farmgated's control socket (default: the configuration's)\n");
+	fprintf(f,
+		"usage: farmgate-mgmt -c FILE [-d DATADIR] [-s SOCKET] [-x PROGRAM]\n"
+		"  -c FILE     farmgated's configuration (its \"management\" section: address, "
+		"port)\n"
+		"  -d DIR      data directory: certificate, password hash, audit log "
+		"(default /var/lib/farmgate)\n"
+		"  -s SOCKET   farmgated's control socket (default: the configuration's)\n"
+		"  -x PROGRAM  the system-actions helper (absolute path): the API's reboot and\n"
+		"              factory reset run \"PROGRAM reboot\" / \"PROGRAM factory-reset\";\n"
+		"              without it they are not available\n");
 }
 
 int main(int argc, char **argv)
@@ -670,7 +790,7 @@ int main(int argc, char **argv)
 	int opt, lfd;
 
 	M.data_dir = "/var/lib/farmgate";
-	while ((opt = getopt(argc, argv, "c:d:s:h")) != -1) {
+	while ((opt = getopt(argc, argv, "c:d:s:x:h")) != -1) {
 		switch (opt) {
 		case 'c':
 			M.cfg_path = optarg;
@@ -680,6 +800,9 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			M.control_socket = optarg;
+			break;
+		case 'x':
+			M.system_helper = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -691,6 +814,12 @@ int main(int argc, char **argv)
 	}
 	if (!M.cfg_path || optind != argc) {
 		usage(stderr);
+		return 2;
+	}
+	/* found now, not when the administrator needs it */
+	if (M.system_helper && (M.system_helper[0] != '/' || access(M.system_helper, X_OK) == -1)) {
+		fprintf(stderr, "farmgate-mgmt: -x %s: %s\n", M.system_helper,
+			M.system_helper[0] != '/' ? "must be an absolute path" : strerror(errno));
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -713,8 +842,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	M.started = (int64_t)time(NULL);
-	LOGI("farmgate-mgmt %s: https://%s:%u/ (control socket %s)", FG_VERSION, cfg->mgmt.address,
-	     cfg->mgmt.port, M.control_socket);
+	LOGI("farmgate-mgmt %s: https://%s:%u/ (control socket %s; system actions: %s)", FG_VERSION,
+	     cfg->mgmt.address, cfg->mgmt.port, M.control_socket,
+	     M.system_helper ? M.system_helper : "none");
 	cfg_put(cfg);
 	for (;;) {
 		struct sockaddr_storage ss;

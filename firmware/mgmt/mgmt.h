@@ -17,7 +17,8 @@ struct mgmt {
 	const char *cfg_path;
 	const char *data_dir;
 	const char *control_socket;
-	int64_t started; /* wall clock */
+	const char *system_helper; /* -x PROGRAM: reboot, factory-reset; NULL = none */
+	int64_t started;	   /* wall clock */
 };
 
 extern struct mgmt M;
@@ -48,6 +49,9 @@ struct mgmt_resp {
 	size_t static_len;
 	char headers[1024]; /* extra header lines, each ending in \r\n */
 	int api;	    /* no-store */
+	/* a system action ("reboot", "factory-reset"): the helper runs once the
+	 * answer is out and the connection closed */
+	const char *run_after;
 };
 
 /* Routes and answers one request (mgmt_api.c). */

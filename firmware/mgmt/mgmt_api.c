@@ -1016,6 +1016,81 @@ out:
 
 static const char *cookie_attrs = "; Path=/; Secure; HttpOnly; SameSite=Strict";
 
+/* Login throttling: 1 after answering 429 while this address must wait. */
+static int throttled(struct ctx *x)
+{
+	unsigned int wait = throttle_wait(x->rq->ip);
+
+	if (!wait)
+		return 0;
+	snprintf(x->rs->headers, sizeof(x->rs->headers), "Retry-After: %u\r\n", wait);
+	fail(x, 429, "too many failed attempts: wait and try again");
+	return 1;
+}
+
+/* The administrator's password again, for what cannot be undone: checked
+ * and throttled as a login is (a wrong one counts as a failed login, and is
+ * audited as "<action>-failed"). Returns 1, or 0 after answering. */
+static int password_again(struct ctx *x, const char *action)
+{
+	const char *pw = body_str(x, "password");
+	char failed[64];
+	int ok;
+
+	if (throttled(x))
+		return 0;
+	if (!pw) {
+		fail(x, 400, "\"password\" is required");
+		return 0;
+	}
+	ok = auth_check_password(pw);
+	throttle_result(x->rq->ip, ok);
+	if (!ok) {
+		snprintf(failed, sizeof(failed), "%s-failed", action);
+		audit(x->rq->ip, failed, "wrong password");
+		fail(x, 403, "wrong password: nothing was done");
+	}
+	return ok;
+}
+
+/* POST /system/reboot {password}, POST /system/factory-reset {password,
+ * confirm: "factory-reset"}: with -x, 202 and the helper runs once the
+ * answer is out (mgmt.c); without, 501. */
+static void system_action(struct ctx *x, const char *what)
+{
+	static const char *const actions[] = {"reboot", "factory-reset"};
+	const char *confirm = body_str(x, "confirm"), *action = NULL;
+	unsigned int i;
+
+	for (i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
+		if (!strcmp(what, actions[i]))
+			action = actions[i];
+	if (!action) {
+		fail(x, 404, "no such route");
+		return;
+	}
+	if (strcmp(x->rq->method, "POST")) {
+		fail(x, 405, "use POST");
+		return;
+	}
+	if (!M.system_helper) {
+		fail(x, 501, "not available on this system");
+		return;
+	}
+	if (action == actions[1] && (!confirm || strcmp(confirm, "factory-reset"))) {
+		fail(x, 400,
+		     "\"confirm\" must be \"factory-reset\": the configuration, tokens, keys and "
+		     "logs on the appliance are erased");
+		return;
+	}
+	if (!password_again(x, action))
+		return;
+	audit(x->rq->ip, action, "accepted");
+	x->rs->run_after = action;
+	json_answer(x, 202);
+	jb_lit(&x->rs->body, "{\"accepted\":true}\n");
+}
+
 static void auth_routes(struct ctx *x, const char *what, int logged_in)
 {
 	const struct mgmt_req *rq = x->rq;
@@ -1037,7 +1112,6 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 	}
 	if (!strcmp(what, "setup") || !strcmp(what, "login")) {
 		const char *pw = body_str(x, "password");
-		unsigned int wait = throttle_wait(rq->ip);
 		int ok;
 
 		/* same-origin only, even before a session exists */
@@ -1048,12 +1122,8 @@ static void auth_routes(struct ctx *x, const char *what, int logged_in)
 			fail(x, 403, "cross-site request refused");
 			return;
 		}
-		if (wait) {
-			snprintf(x->rs->headers, sizeof(x->rs->headers), "Retry-After: %u\r\n",
-				 wait);
-			fail(x, 429, "too many failed attempts: wait and try again");
+		if (throttled(x))
 			return;
-		}
 		if (!pw) {
 			fail(x, 400, "\"password\" is required");
 			return;
@@ -1236,7 +1306,10 @@ void mgmt_handle(const struct mgmt_req *rq, struct mgmt_resp *rs)
 		jb_fmt(&rs->body,
 		       ",\"uptimeS\":%lld,\"buildOptions\":", (long long)(time(NULL) - M.started));
 		jb_str(&rs->body, FG_BUILD_OPTIONS);
-		jb_lit(&rs->body, "}\n");
+		jb_lit(&rs->body, M.system_helper ? ",\"actions\":[\"reboot\",\"factory-reset\"]}\n"
+						  : ",\"actions\":[]}\n");
+	} else if (!strncmp(rq->path, API "/system/", sizeof(API "/system/") - 1)) {
+		system_action(&x, rq->path + sizeof(API "/system/") - 1);
 	} else if (!strncmp(rq->path, API "/", sizeof(API)) &&
 		   config_routes(&x, rq->path + sizeof(API) - 1, get)) {
 		/* answered */

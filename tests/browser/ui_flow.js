@@ -21,12 +21,18 @@
  *   xss            text used as a farm name and a rule name: must show as text
  *   allow404       API paths (e.g. "/api/v1/logs") whose 404 is tolerated as a known gap and
  *                  listed in the result's knownGaps instead of failing as a console error
+ *   systemActions  true when farmgate-mgmt runs with -x: after the rest, reboot then factory
+ *                  reset from the System page, each followed by the ask "rebooted" / "reset"
+ *                  (the test checks its helper ran, restarts farmgate-mgmt, after a reset
+ *                  without its password) and the page's own return to sign-in / setup;
+ *                  false: the System page must not offer them
  *   timeoutMs      overall limit (default 80000)
  *
  * The test and this script talk over stdout / stdin, one JSON object per line: at a sync
  * point the script writes {"ask": "<what>", ...} and waits for one line back, {"ok": true,
  * ...} to go on or {"ok": false, "error": "..."} to fail. Asks: farm-created, rules-saved,
- * cert-used, backend-stop, backend-start, drained, available. The last stdout line is
+ * cert-used, backend-stop, backend-start, drained, available (then rebooted, reset with
+ * systemActions). The last stdout line is
  * {"result": "pass", ...} (exit 0) or {"result": "fail", "error": ..., "step": ...} (exit 1).
  * Progress goes to stderr.
  *
@@ -58,6 +64,7 @@ const pageErrors = [];
 const consoleProblems = [];
 const allowedHttp = []; /* [{status, re, used}] failed fetches announced by the flow */
 const knownGaps = [];   /* allowed 404s of routes the UI calls but the API lacks (args.allow404) */
+let restarting = false; /* farmgate-mgmt is being restarted: its polls may fail to connect */
 
 function log(...m) {
   process.stderr.write('[ui_flow ' + ((Date.now() - T0) / 1000).toFixed(1) + 's] ' + m.join(' ') + '\n');
@@ -141,6 +148,7 @@ async function flow(browser, base) {
     if (type !== 'error' && type !== 'warning') return;
     const text = m.text();
     const url = (m.location() && m.location().url) || '';
+    if (restarting && /\/api\/v1\/auth\/state$/.test(url) && /net::ERR_/.test(text)) return;
     const sm = /status of (\d{3})/.exec(text);
     if (sm) {
       const status = +sm[1];
@@ -473,19 +481,69 @@ async function flow(browser, base) {
   const nobody = who.filter((x) => !/127\.0\.0\.1/.test(x || ''));
   if (nobody.length) fail('system: ' + nobody.length + ' of ' + who.length + ' audit rows do not say who (column 2 shows ' + JSON.stringify(nobody.slice(0, 3)) + ')');
   await page.waitForFunction(() => (document.querySelector('[data-test="logs"]') || {}).textContent);
+  const offered = await page.locator(dt('reboot') + ', ' + dt('factory-reset')).count();
+  if (offered !== (A.systemActions ? 2 : 0))
+    fail('system: ' + offered + ' of the reboot / factory reset cards shown, farmgate-mgmt ' + (A.systemActions ? 'with' : 'without') + ' -x');
   await shot('system');
 
   /* ---- the end ------------------------------------------------------------------------ */
   at('checks');
-  const csp = await page.evaluate(() => window.__csp || []);
-  const problems = [];
-  if (dialogs.length) problems.push('JavaScript dialogs opened: ' + dialogs.join(' | '));
-  if (pageErrors.length) problems.push('uncaught page errors: ' + pageErrors.join(' | '));
-  if (csp.length) problems.push('CSP violations: ' + csp.join(' | '));
-  if (consoleProblems.length) problems.push('console errors/warnings: ' + consoleProblems.join(' | '));
-  if (problems.length) fail(problems.join('\n'));
-  await page.click(dt('logout'));
-  await hashIs('#/login', 'sign out at the end');
+  async function checks() {
+    const csp = await page.evaluate(() => window.__csp || []);
+    const problems = [];
+    if (dialogs.length) problems.push('JavaScript dialogs opened: ' + dialogs.join(' | '));
+    if (pageErrors.length) problems.push('uncaught page errors: ' + pageErrors.join(' | '));
+    if (csp.length) problems.push('CSP violations: ' + csp.join(' | '));
+    if (consoleProblems.length) problems.push('console errors/warnings: ' + consoleProblems.join(' | '));
+    if (problems.length) fail(problems.join('\n'));
+  }
+  await checks();
+  if (!A.systemActions) {
+    await page.click(dt('logout'));
+    await hashIs('#/login', 'sign out at the end');
+    return;
+  }
+
+  /* ---- reboot, then factory reset (farmgate-mgmt -x) ------------------------------------ */
+  async function says(test, re, what) {
+    await page.waitForFunction(([sel, src]) => new RegExp(src, 'i').test((document.querySelector(sel) || {}).textContent || ''),
+      [dt(test), re.source]).catch(() => fail(what));
+  }
+  /* after "Rebooting…": the test restarts farmgate-mgmt (ask), the page notices on its own
+   * and loads again, at hash with the input #field */
+  async function comesBack(what, hash, field) {
+    await says('system-action-status', /Rebooting…/, what + ': the page did not say "Rebooting…" after the 202');
+    await shot(what);
+    restarting = true;
+    await ask(what === 'rebooting' ? 'rebooted' : 'reset');
+    await page.waitForFunction(([h, id]) => location.hash === h && document.getElementById(id), [hash, field], { timeout: 20000 })
+      .catch(() => fail(what + ': the page did not come back to ' + hash + ' (at ' + page.url() + ')'));
+    restarting = false;
+  }
+  at('reboot');
+  expect(403, /\/api\/v1\/system\/reboot$/);
+  await page.fill('#reboot-password', A.password + '-wrong');
+  await page.click(dt('reboot-submit'));
+  await says('reboot-error', /wrong password/, 'reboot: a wrong password did not say so');
+  if ((await page.inputValue('#reboot-password')) !== '') fail('reboot: the password field kept the password');
+  await page.fill('#reboot-password', A.password);
+  await page.click(dt('reboot-submit'));
+  await comesBack('rebooting', '#/login', 'password'); /* the session is gone: sign-in */
+  await page.fill('#password', A.password);
+  await page.click('#login');
+  await hashIs('#/system', 'sign-in after the reboot leads back to the System page');
+
+  at('factory-reset');
+  await page.waitForSelector(dt('factory-reset') + ':visible');
+  await page.fill('#reset-password', A.password);
+  await page.fill('#reset-confirm', 'yes');
+  await page.click(dt('factory-reset-submit'));
+  await says('factory-reset-error', /factory-reset/, 'factory reset: a wrong confirmation word was not refused by the page');
+  await page.fill('#reset-confirm', 'factory-reset');
+  await page.click(dt('factory-reset-submit'));
+  await page.waitForSelector(dt('setup-code-needed')).catch(() => fail('factory reset: no word about the setup code after the 202'));
+  await comesBack('factory-reset', '#/setup', 'setup-code'); /* no password any more: setup */
+  await checks();
 }
 
 const killer = setTimeout(() => {

@@ -10,7 +10,7 @@
         r = admin.post("/api/v1/farms/web/state", {"state": "Offline"})
 
 * :class:`Mgmt` -- runs ``farmgate-mgmt -c <farmgated's config file> -d <datadir> -s
-  <farmgated's control socket>`` on a free 127.0.0.1 port (the config's "management"
+  <farmgated's control socket> [args...]`` on a free 127.0.0.1 port (the config's "management"
   section), stdout+stderr to ``<tmp>/<name>.log``; stopped by PID at env.close() (and
   checked for sanitizer reports and an unexpected exit).
 * :class:`MgmtClient` -- HTTPS (TLS verified against ``<datadir>/mgmt-cert.pem``, the
@@ -71,9 +71,10 @@ class Mgmt:
       .stop()               SIGTERM by PID (then SIGKILL); raises on a sanitizer report
     """
 
-    def __init__(self, env, fg, name=None, data_dir=None, config_path=None):
+    def __init__(self, env, fg, name=None, data_dir=None, config_path=None, args=()):
         self.env = env
         self.fg = fg
+        self.args = [str(a) for a in args]
         self.name = name or "mgmt-%d" % next(env._seq)
         self.config_path = config_path or fg.config_path
         self.data_dir = data_dir or env.path(self.name + "-data")
@@ -93,6 +94,8 @@ class Mgmt:
         return cfg, m
 
     def start(self, timeout=10.0):
+        """Starts it (again, after stop(): the same data directory and port)."""
+        self._stopped = False
         last = ""
         for attempt in range(4):
             cfg, m = self._mgmt_section()
@@ -100,7 +103,7 @@ class Mgmt:
             self.port = m.get("port", 8443)
             self.proc = self.env.spawn_logged(
                 [mgmt_bin(self.env), "-c", self.config_path, "-d", self.data_dir,
-                 "-s", self.fg.control_socket], self.log_path)
+                 "-s", self.fg.control_socket] + self.args, self.log_path)
             if not self._registered:
                 self._registered = True
                 self.env.on_cleanup(self._cleanup)
@@ -423,12 +426,58 @@ class MgmtConnection:
         self.conn.close()
 
 
-def start_stack(env, cfg, mgmt_address="127.0.0.1", data_dir=None, fg_kw=None):
+# The stand-in for /sbin/farmgate-system (farmgate-mgmt -x): one record per run (its
+# arguments, where its stdin and stdout go, its blocked and ignored signals), then "end".
+SYSTEM_HELPER = r"""#!/bin/sh
+stdin=$(readlink /proc/$$/fd/0)
+stdout=$(readlink /proc/$$/fd/1)
+{
+  printf 'argv'; for a in "$@"; do printf '\t%%s' "$a"; done; printf '\n'
+  printf 'stdin\t%%s\nstdout\t%%s\n' "$stdin" "$stdout"
+  # read by the shell itself (a builtin): the signal state it was started with
+  while read -r k v; do
+    case $k in SigBlk:|SigIgn:) printf '%%s\t%%s\n' "${k%%:}" "$v";; esac
+  done < /proc/$$/status
+  printf 'end\n'
+} >> '%s'
+"""
+
+
+def system_helper(env, name="farmgate-system"):
+    """Writes the stand-in helper into env's directory; returns (its path, the file of
+    its runs, see helper_runs)."""
+    runs = env.path(name + ".runs")
+    path = env.write_text(name, SYSTEM_HELPER % runs)
+    os.chmod(path, 0o755)
+    return path, runs
+
+
+def helper_runs(path):
+    """The helper's runs so far: [{"argv": [...], "stdin": ..., "stdout": ..., "SigBlk":
+    hex, "SigIgn": hex}]."""
+    if not os.path.exists(path):
+        return []
+    out, cur = [], {}
+    with open(path) as f:
+        for line in f.read().splitlines():
+            k, _, v = line.partition("\t")
+            if k == "end":
+                out.append(cur)
+                cur = {}
+            elif k == "argv":
+                cur["argv"] = v.split("\t") if v else []
+            else:
+                cur[k] = v
+    return out
+
+
+def start_stack(env, cfg, mgmt_address="127.0.0.1", data_dir=None, fg_kw=None, mgmt_args=()):
     """farmgated with cfg plus a "management" section (a free port on
-    mgmt_address), then farmgate-mgmt on the same file. Returns (fg, mgmt)."""
+    mgmt_address), then farmgate-mgmt on the same file (mgmt_args: more of its
+    options, e.g. ["-x", helper]). Returns (fg, mgmt)."""
     cfg = json.loads(json.dumps(cfg))
     cfg["management"] = {"address": mgmt_address, "port": free_port(mgmt_address)}
     fg = env.farmgated(cfg, **(fg_kw or {}))
-    m = Mgmt(env, fg, data_dir=data_dir)
+    m = Mgmt(env, fg, data_dir=data_dir, args=mgmt_args)
     m.start()
     return fg, m

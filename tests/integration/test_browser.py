@@ -21,8 +21,8 @@ import subprocess
 import threading
 import time
 
-from harness import http_request, make_config, release_only
-from mgmt_client import start_stack
+from harness import http_request, make_config, release_only, wait_for
+from mgmt_client import helper_runs, start_stack, system_helper
 from pki import Pki, SoftToken, TlsNginx, parse_echo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -179,9 +179,10 @@ class Flow:
 @release_only
 def test_browser_ui_flow(env):
     """Setup, login, a farm with two servers, its rule, the client certificate by thumbprint,
-    requests through it, health going and coming back live, a drain; every page shot at two
-    sizes; no dialog, console error, page error or CSP violation on the way; markup in a
-    farm name and a rule name stays text."""
+    requests through it, health going and coming back live, a drain, a reboot and a factory
+    reset from the System page (farmgate-mgmt -x with a stand-in helper, restarted by the
+    test); every page shot at two sizes; no dialog, console error, page error or CSP
+    violation on the way; markup in a farm name and a rule name stays text."""
     t0 = time.monotonic()
     node_args = {"playwright": _playwright(env)}
     _node()
@@ -202,7 +203,9 @@ def test_browser_ui_flow(env):
                    "match": {"url": "*"}, "conditions": [{"input": "{HTTP_HOST}", "pattern": SECURE_HOST}],
                    "action": {"type": "Rewrite", "url": "https://secure/{R:0}"}}
     # the token is configured but no farm uses it yet: what an operator has before picking
-    fg, m = start_stack(env, make_config(farms=[secure], rules=[secure_rule], tokens=[tok.token_cfg("token1")]))
+    helper, runs = system_helper(env)
+    fg, m = start_stack(env, make_config(farms=[secure], rules=[secure_rule], tokens=[tok.token_cfg("token1")]),
+                        mgmt_args=["-x", helper])
     assert m.setup_code, "farmgate-mgmt wrote no setup code at first start"
 
     # without a client certificate the HTTPS backend refuses
@@ -267,6 +270,19 @@ def test_browser_ui_flow(env):
             if what == "drained":
                 seen = _who(fg)
                 assert "web-%s" % "ab"[msg["server"]] not in seen, "the drained server still got new requests: %s" % seen
+        elif what in ("rebooted", "reset"):
+            # the helper ran for this action; then what the appliance's reboot does to
+            # farmgate-mgmt: a new process (sessions gone), after a reset without password
+            action = "reboot" if what == "rebooted" else "factory-reset"
+            n = 1 if what == "rebooted" else 2
+            wait_for(lambda: len(helper_runs(runs)) >= n, timeout=20, msg="the helper's run for " + action)
+            assert [r["argv"] for r in helper_runs(runs)][n - 1] == [action], helper_runs(runs)
+            m.stop()
+            time.sleep(2.5)  # a poll or two of the page finds nobody
+            if what == "reset":
+                os.unlink(os.path.join(m.data_dir, "password"))
+            m.start()
+            assert (m.setup_code is not None) == (what == "reset"), m.setup_code
         else:
             raise AssertionError("ui_flow.js asked for %r, which this test does not know" % what)
         return {}
@@ -274,6 +290,7 @@ def test_browser_ui_flow(env):
     args = dict(node_args,
                 baseUrl=m.origin, certPem=m.cert_path, setupCode=m.setup_code, password=PASSWORD,
                 screenshotDir=shots, chromium=CHROMIUM, allow404=KNOWN_GAPS, xss=XSS, timeoutMs=FLOW_TIMEOUT * 1000 - 5000,
+                systemActions=True,
                 web={"name": "web", "host": WEB_HOST, "servers": servers, "healthUrl": "http://%s/health" % WEB_HOST},
                 secure={"name": "secure", "token": "token1", "sha1": cert.sha1, "sha256": cert.sha256})
     t1 = time.monotonic()
@@ -281,8 +298,10 @@ def test_browser_ui_flow(env):
     browser_s = time.monotonic() - t1
 
     assert checks == ["farm-created", "rules-saved", "cert-used", "backend-stop", "backend-start",
-                      "drained", "available"], "sync points: %s" % checks
-    pages = ["setup", "login", "farm-editor", "rules", "certificates", "dashboard", "dashboard-unhealthy", "system"]
+                      "drained", "available", "rebooted", "reset"], "sync points: %s" % checks
+    assert [r["argv"] for r in helper_runs(runs)] == [["reboot"], ["factory-reset"]], helper_runs(runs)
+    pages = ["setup", "login", "farm-editor", "rules", "certificates", "dashboard", "dashboard-unhealthy", "system",
+             "rebooting", "factory-reset"]
     for p in pages:
         for size in ("wide", "phone"):
             f = os.path.join(shots, "%s-%s.png" % (p, size))

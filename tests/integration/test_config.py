@@ -4,8 +4,9 @@ bad file; and the documented example configuration."""
 import json
 import os
 import re
+import subprocess
 
-from harness import arr_lb_rule, farm, make_config, server
+from harness import arr_lb_rule, farm, http_request, make_config, one_farm_config, server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -168,3 +169,195 @@ def test_version_and_build_options(env):
         elif opts[k] != v:
             problems.append("%s=%s (build has %s)" % (k, opts[k], v))
     assert not problems, "-V build options disagree with %s: %s\n%s" % (autoconf, problems, p.output)
+
+
+# --------------------------------------------------------------------------
+# the "system" section and farmgated -S (the appliance's init scripts)
+# --------------------------------------------------------------------------
+
+SYSTEM_STATIC = {
+    "hostName": "farmgate",
+    "network": {"interface": "eth0", "mode": "static", "address": "192.168.1.10/24",
+                "gateway": "192.168.1.1", "dns": ["192.168.1.1", "9.9.9.9"]},
+    "ntpServers": ["0.debian.pool.ntp.org", "192.168.1.1"],
+}
+
+SYSTEM_DEFAULTS_SH = ("FG_HOSTNAME='farmgate'\n"
+                      "FG_NET_IF='eth0'\n"
+                      "FG_NET_MODE='dhcp'\n"
+                      "FG_NET_ADDRESS=''\n"
+                      "FG_NET_GATEWAY=''\n"
+                      "FG_NET_DNS=''\n"
+                      "FG_NTP_SERVERS=''\n")
+
+
+def _system_sh(env, name, cfg):
+    return env.cli("-S", "-c", env.write_json(name + ".json", cfg))
+
+
+def _sh_vars(text):
+    """What sh makes of -S's output: the FG_* variables it sets, read back by sh itself."""
+    p = subprocess.run(["/bin/sh", "-c", text + 'for v in FG_HOSTNAME FG_NET_IF FG_NET_MODE FG_NET_ADDRESS '
+                        'FG_NET_GATEWAY FG_NET_DNS FG_NTP_SERVERS; do eval "printf \'%s=%s\\n\' $v \\"\\$$v\\""; done'],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    return dict(l.split("=", 1) for l in p.stdout.splitlines())
+
+
+def test_system_print_defaults(env):
+    """-S without a system section: every variable, defaults filled in, nothing else on stdout."""
+    p = _system_sh(env, "sys-defaults", _valid())
+    assert p.returncode == 0, "-S exit %d: %s" % (p.returncode, p.output)
+    assert p.stdout == SYSTEM_DEFAULTS_SH, "-S output:\n%s" % p.stdout
+    assert "configuration OK" not in p.output, p.output
+    # -t still says OK with or without the section
+    cfg = _valid()
+    cfg["system"] = SYSTEM_STATIC
+    t = _check(env, "sys-check", cfg)
+    assert t.returncode == 0 and "configuration OK" in t.output, t.output
+
+
+def test_system_print_static(env):
+    """-S with the full static example: exact lines, and sh reads back the values."""
+    cfg = _valid()
+    cfg["system"] = SYSTEM_STATIC
+    p = _system_sh(env, "sys-static", cfg)
+    assert p.returncode == 0, "-S exit %d: %s" % (p.returncode, p.output)
+    assert p.stdout == ("FG_HOSTNAME='farmgate'\n"
+                        "FG_NET_IF='eth0'\n"
+                        "FG_NET_MODE='static'\n"
+                        "FG_NET_ADDRESS='192.168.1.10/24'\n"
+                        "FG_NET_GATEWAY='192.168.1.1'\n"
+                        "FG_NET_DNS='192.168.1.1 9.9.9.9'\n"
+                        "FG_NTP_SERVERS='0.debian.pool.ntp.org 192.168.1.1'\n"), p.stdout
+    assert _sh_vars(p.stdout) == {
+        "FG_HOSTNAME": "farmgate", "FG_NET_IF": "eth0", "FG_NET_MODE": "static",
+        "FG_NET_ADDRESS": "192.168.1.10/24", "FG_NET_GATEWAY": "192.168.1.1",
+        "FG_NET_DNS": "192.168.1.1 9.9.9.9", "FG_NTP_SERVERS": "0.debian.pool.ntp.org 192.168.1.1"}
+    # IPv6, DHCP with its own DNS
+    cfg["system"] = {"hostName": "fg-2.example.lan",
+                     "network": {"mode": "static", "address": "2001:db8::10/64", "gateway": "2001:db8::1",
+                                 "interface": "enp1s0"}}
+    p = _system_sh(env, "sys-static6", cfg)
+    assert p.returncode == 0, p.output
+    v = _sh_vars(p.stdout)
+    assert (v["FG_HOSTNAME"], v["FG_NET_IF"], v["FG_NET_ADDRESS"], v["FG_NET_GATEWAY"], v["FG_NET_DNS"]) == \
+        ("fg-2.example.lan", "enp1s0", "2001:db8::10/64", "2001:db8::1", ""), p.stdout
+    cfg["system"] = {"network": {"dns": ["9.9.9.9"]}}
+    p = _system_sh(env, "sys-dhcp-dns", cfg)
+    assert p.returncode == 0, p.output
+    v = _sh_vars(p.stdout)
+    assert (v["FG_NET_MODE"], v["FG_NET_ADDRESS"], v["FG_NET_DNS"]) == ("dhcp", "", "9.9.9.9"), p.stdout
+
+
+SYSTEM_BROKEN = [
+    # (description, system section, JSON path expected in the message)
+    ("not an object", [], "$.system: must be an object"),
+    ("unknown field", {"hostname": "x"}, "$.system.hostname: unknown field"),
+    ("host name with '_'", {"hostName": "farm_gate"}, "$.system.hostName: must be a host name"),
+    ("host name label ending in '-'", {"hostName": "farm-.lan"}, "$.system.hostName: must be a host name"),
+    ("host name label of 64", {"hostName": "a" * 64}, "$.system.hostName: must be a host name"),
+    ("host name with a quote", {"hostName": "farm'gate"}, "$.system.hostName: must be a host name"),
+    ("host name 254 long", {"hostName": ".".join(["a" * 63] * 4)[:252] + "ab"},
+     "$.system.hostName: must be a host name"),
+    ("interface too long", {"network": {"interface": "a" * 16}},
+     "$.system.network.interface: must be a network interface name"),
+    ("interface with ':'", {"network": {"interface": "eth0:1"}},
+     "$.system.network.interface: must be a network interface name"),
+    ("unknown mode", {"network": {"mode": "manual"}}, "$.system.network.mode: unknown mode"),
+    ("unknown network field", {"network": {"mtu": 1500}}, "$.system.network.mtu: unknown field"),
+    ("static without address", {"network": {"mode": "static"}},
+     "$.system.network.address: is required with mode static"),
+    ("address with dhcp", {"network": {"address": "192.168.1.10/24"}},
+     "$.system.network.address: only with mode static"),
+    ("gateway with dhcp", {"network": {"mode": "dhcp", "gateway": "192.168.1.1"}},
+     "$.system.network.gateway: only with mode static"),
+    ("address without prefix", {"network": {"mode": "static", "address": "192.168.1.10"}},
+     "$.system.network.address: must be an IPv4 or IPv6 address with its prefix length"),
+    ("IPv4 prefix 33", {"network": {"mode": "static", "address": "192.168.1.10/33"}},
+     "$.system.network.address: must be an IPv4 or IPv6 address with its prefix length"),
+    ("IPv6 prefix 129", {"network": {"mode": "static", "address": "2001:db8::1/129"}},
+     "$.system.network.address: must be an IPv4 or IPv6 address with its prefix length"),
+    ("gateway not an IP", {"network": {"mode": "static", "address": "10.0.0.2/8", "gateway": "router"}},
+     "$.system.network.gateway: must be a numeric IPv4 or IPv6 address"),
+    ("gateway of the other family", {"network": {"mode": "static", "address": "10.0.0.2/8", "gateway": "fe80::1"}},
+     "$.system.network.gateway: must be an IPv4 address, as address is"),
+    ("four DNS servers", {"network": {"dns": ["1.1.1.1", "1.0.0.1", "9.9.9.9", "8.8.8.8"]}},
+     "$.system.network.dns: at most 3 entries"),
+    ("DNS server by name", {"network": {"dns": ["1.1.1.1", "dns.example"]}},
+     "$.system.network.dns[1]: must be a numeric IPv4 or IPv6 address"),
+    ("five NTP servers", {"ntpServers": ["a", "b", "c", "d", "e"]}, "$.system.ntpServers: at most 4 entries"),
+    ("NTP server with a space", {"ntpServers": ["pool.ntp.org", "ntp server"]},
+     "$.system.ntpServers[1]: must be a numeric IPv4 or IPv6 address or a host name"),
+    ("NTP server with shell syntax", {"ntpServers": ["$(reboot)"]},
+     "$.system.ntpServers[0]: must be a numeric IPv4 or IPv6 address or a host name"),
+]
+
+
+def test_system_errors_name_json_path(env):
+    """Every refused system section: -t and -S exit 1 with the error (its JSON path) on
+    stderr, and -S prints nothing on stdout."""
+    problems = []
+    for i, (desc, section, msg) in enumerate(SYSTEM_BROKEN):
+        cfg = _valid()
+        cfg["system"] = section
+        t = _check(env, "sys-broken-t-%02d" % i, cfg)
+        p = _system_sh(env, "sys-broken-s-%02d" % i, cfg)
+        if t.returncode != 1 or msg not in t.output:
+            problems.append("-t, %s: exit %d: %s" % (desc, t.returncode, t.output.strip()[:300]))
+        if p.returncode != 1 or msg not in p.stderr:
+            problems.append("-S, %s: exit %d, stderr: %s" % (desc, p.returncode, p.stderr.strip()[:300]))
+        if p.stdout:
+            problems.append("-S, %s: printed on stdout: %r" % (desc, p.stdout[:200]))
+    assert not problems, "%d problems with %d broken system sections:\n  %s" % (
+        len(problems), len(SYSTEM_BROKEN), "\n  ".join(problems))
+
+
+def test_system_print_bad_file_and_usage(env):
+    """-S on a missing file or broken JSON: exit 1, the error on stderr, stdout empty; -S
+    without -c is a usage error; -h documents -S."""
+    p = env.cli("-S", "-c", env.path("nope.json"))
+    assert p.returncode == 1 and "nope.json" in p.stderr and not p.stdout, p.output
+    p = env.cli("-S", "-c", env.write_text("sys-notjson.json", '{"system": {'))
+    assert p.returncode == 1 and p.stderr.strip() and not p.stdout, p.output
+    p = env.cli("-S")
+    assert p.returncode == 2 and "usage" in p.stderr and not p.stdout, p.output
+    p = env.cli("-h")
+    assert p.returncode == 0 and "-S" in p.stdout, p.output
+
+
+def test_system_section_survives_reloads(env):
+    """farmgated runs with a system section, reloads a changed one, refuses a broken one
+    on reload (keeping the running configuration) and serves throughout."""
+    a = env.backend(name="A")
+    cfg = one_farm_config([a.port])
+    cfg["system"] = SYSTEM_STATIC
+    fg = env.farmgated(cfg)
+    assert http_request(fg.port, "GET", "/", host="web.local").status == 200
+    cfg2 = json.loads(json.dumps(cfg))
+    cfg2["system"] = {"hostName": "farmgate-2", "network": {"mode": "dhcp"}, "ntpServers": ["192.168.1.1"]}
+    ok, line = fg.reload(cfg2)
+    assert ok, "a reload with a changed system section failed: %s" % line
+    bad = json.loads(json.dumps(cfg2))
+    bad["system"]["network"]["address"] = "192.168.1.10/24"
+    ok, line = fg.reload(bad)
+    assert not ok and "$.system.network.address: only with mode static" in line, line
+    r = http_request(fg.port, "GET", "/", host="web.local")
+    assert r.status == 200 and r.header("X-Backend") == "A", r.summary()
+    fg.assert_alive()
+
+
+def test_documented_system_example(env):
+    """The system example of docs/config-format.md loads, and -S prints exactly the
+    assignments shown beside it."""
+    with open(os.path.join(ROOT, "docs", "config-format.md")) as f:
+        md = f.read()
+    m = re.search(r"```json\n(\"system\": \{.*?)```", md, re.S)
+    assert m, "no ```json \"system\" example in docs/config-format.md"
+    shown = re.search(r"```sh\n(FG_HOSTNAME=.*?)```", md, re.S)
+    assert shown, "no ```sh FG_HOSTNAME=... example in docs/config-format.md"
+    cfg = _valid()
+    cfg["system"] = json.loads("{" + m.group(1) + "}")["system"]
+    p = _system_sh(env, "sys-doc", cfg)
+    assert p.returncode == 0, p.output
+    assert p.stdout == shown.group(1), "-S prints:\n%s\nthe documentation shows:\n%s" % (p.stdout, shown.group(1))

@@ -29,10 +29,11 @@ import subprocess
 import threading
 import time
 
+import harness
 from harness import (Farmgated, Reply, arr_lb_rule, build_request, farm, free_port, http_request,
                      make_config, one_farm_config, parse_responses, raw_request, rule, server,
                      wait_for)
-from mgmt_client import PASSWORD, Mgmt, start_stack
+from mgmt_client import PASSWORD, Mgmt, helper_runs, mgmt_bin, start_stack, system_helper
 from pki import OPENSSL, SOFTHSM, Pki, SoftToken, TlsNginx, run, sha1_hex, sha256_hex
 
 HOST = "web.local"
@@ -826,6 +827,8 @@ def _routes(port):
         ("GET", "/api/v1/rules", None), ("PUT", "/api/v1/rules", []),
         ("POST", "/api/v1/rules/test", {"url": "/", "host": HOST}), ("GET", "/api/v1/audit", None),
         ("GET", "/api/v1/system", None), ("GET", "/metrics", None), ("HEAD", "/api/v1/status", None),
+        ("POST", "/api/v1/system/reboot", {"password": PASSWORD}),
+        ("POST", "/api/v1/system/factory-reset", {"password": PASSWORD, "confirm": "factory-reset"}),
         ("POST", "/api/v1/auth/logout", None), ("POST", "/api/v1/auth/password",
                                                 {"current": PASSWORD, "password": "x" * 12}),
         ("GET", "/api/v1/tokens", None), ("GET", "/api/v1/logs", None),
@@ -993,7 +996,8 @@ def test_get_never_changes_state(env):
     s = sname(a.port)
     must_405 = [API + "/farms/web/state", API + "/farms/web/verify", API + "/farms/web/reset",
                 API + "/farms/web/servers/%s/state" % s, API + "/auth/logout", API + "/auth/password",
-                API + "/auth/setup", API + "/auth/login", API + "/config/restore", API + "/restore"]
+                API + "/auth/setup", API + "/auth/login", API + "/config/restore", API + "/restore",
+                API + "/system/reboot", API + "/system/factory-reset"]
     for method in ("GET", "HEAD"):
         for path in must_405:
             for q in ("", "?state=Offline"):
@@ -1852,3 +1856,159 @@ def test_keepalive_per_address_limit_and_stalled_heads(env):
         "8 such connections per address, from 4 addresses, take all 32 slots and lock the "
         "administrator out" % (w.get("t", -1), limit))
     assert b"200 OK" not in w["got"], w["got"][:200]
+
+
+# --------------------------------------------------------------------------
+# system actions: reboot and factory reset through the helper (-x)
+# --------------------------------------------------------------------------
+
+SIGPIPE_BIT = 1 << (13 - 1)
+
+
+def _wait_runs(env, runs, n, m, what):
+    got = wait_for(lambda: len(helper_runs(runs)) >= n and helper_runs(runs), timeout=20 * env.slow,
+                   msg="%s: the helper's run %d (farmgate-mgmt log:\n%s)" % (what, n, m.log_text()[-2000:]))
+    return got
+
+
+def test_system_reboot_and_factory_reset_run_the_helper(env):
+    """With -x: GET /system lists both actions; GET / HEAD on them is 405, no CSRF token or a
+    foreign Origin 403, a missing password 400, a factory reset without confirm 400, a wrong
+    password 403 (audited as failed, counted by the login throttle): none of them runs the
+    helper. The right password is 202 {"accepted": true} on a closing connection, audited,
+    and the helper runs exactly once per action with argv [action], stdin and stdout on
+    /dev/null, no signal ignored or blocked; it is reaped (no zombie child)."""
+    helper, runs = system_helper(env)
+    fg, m, admin, bes = stack(env, mgmt_args=["-x", helper])
+    sysinfo = ok(admin.get(API + "/system"), "system").json()
+    assert sysinfo["actions"] == ["reboot", "factory-reset"], sysinfo
+
+    good = {"reboot": {"password": PASSWORD},
+            "factory-reset": {"password": PASSWORD, "confirm": "factory-reset"}}
+    for action in ("reboot", "factory-reset"):
+        path = API + "/system/" + action
+        for method in ("GET", "HEAD"):
+            expect(admin.request(method, path), 405, "%s %s" % (method, path))
+        for what, kw in (("no CSRF token", dict(csrf=False)), ("a wrong CSRF token", dict(csrf="0" * 32)),
+                         ("a foreign Origin", dict(origin="https://evil.example"))):
+            r = expect(admin.post(path, good[action], **kw), 403, "%s with %s" % (action, what))
+            assert b"CSRF" in r.body, r.summary()
+        r = expect(admin.post(path, {"confirm": "factory-reset"}), 400, action + " without a password")
+        assert b"password" in r.body, r.summary()
+        r = expect(admin.post(path, dict(good[action], password="not the password")), 403,
+                   action + " with a wrong password")
+        assert "wrong password" in r.json()["error"], r.summary()
+    for confirm in (None, "yes", "Factory-Reset", ""):
+        body = {"password": PASSWORD}
+        if confirm is not None:
+            body["confirm"] = confirm
+        r = expect(admin.post(API + "/system/factory-reset", body), 400, "factory reset with confirm %r" % confirm)
+        assert "factory-reset" in r.json()["error"], r.summary()
+    expect(admin.post(API + "/system/shutdown", {"password": PASSWORD}), 404, "an unknown action")
+    expect(admin.post(API + "/system/reboot/now", {"password": PASSWORD}), 404, "a longer path")
+    failed = [e[2] for e in m.audit_entries() if e[2].endswith("-failed")]
+    assert failed == ["reboot-failed", "factory-reset-failed"], m.audit_entries()
+    time.sleep(0.5)
+    assert not helper_runs(runs), "a refused request ran the helper: %s" % helper_runs(runs)
+
+    # the wrong passwords count as failed logins: three more, and a login (even with the
+    # right password) or a reboot is throttled
+    for i in range(3):
+        expect(admin.post(API + "/system/reboot", {"password": "wrong %d" % i}), 403, "wrong password %d" % i)
+    r = expect(m.client().login(PASSWORD), 429, "a login after five wrong passwords to /system/*")
+    assert r.header("Retry-After"), r.summary()
+    expect(admin.post(API + "/system/reboot", good["reboot"]), 429, "a reboot while throttled")
+    wait_for(lambda: admin.post(API + "/system/reboot", {"password": "wrong"}).status != 429,
+             timeout=10, interval=0.2, msg="the throttling window to end")
+    time.sleep(2.5)  # that failure opened a 2 s window
+    assert not helper_runs(runs), helper_runs(runs)
+
+    for n, action in enumerate(("reboot", "factory-reset"), 1):
+        r = expect(admin.post(API + "/system/" + action, good[action]), 202, action)
+        assert r.json() == {"accepted": True}, r.summary()
+        assert (r.header("Connection") or "").lower() == "close", r.summary()
+        got = _wait_runs(env, runs, n, m, action)
+        run = got[n - 1]
+        assert run["argv"] == [action], run
+        assert run["stdin"] == "/dev/null" and run["stdout"] == "/dev/null", run
+        assert int(run["SigBlk"], 16) == 0, "the helper runs with signals blocked: %s" % run
+        assert not int(run["SigIgn"], 16) & SIGPIPE_BIT, "the helper inherits SIGPIPE ignored: %s" % run
+        assert [e for e in m.audit_entries() if e[2] == action], m.audit_entries()
+        wait_for(lambda: "%s %s: done" % (helper, action) in m.log_text(), timeout=10 * env.slow,
+                 msg="the log line of the helper's end")
+        kids = harness._children_of(m.pid)
+        assert not kids, "farmgate-mgmt's children after the helper ended: %s" % kids
+    time.sleep(1)
+    assert [r["argv"] for r in helper_runs(runs)] == [["reboot"], ["factory-reset"]], helper_runs(runs)
+    ok(admin.get(API + "/status"), "the session after the actions")
+    m.assert_alive()
+
+
+def test_system_actions_unavailable_without_helper(env):
+    """Without -x: GET /system lists no action and both POSTs are 501 {"error": "not
+    available on this system"} even with the right password; -x must name an executable by
+    an absolute path, or farmgate-mgmt does not start."""
+    fg, m, admin, bes = stack(env)
+    assert ok(admin.get(API + "/system"), "system").json()["actions"] == []
+    for action, body in (("reboot", {"password": PASSWORD}),
+                         ("factory-reset", {"password": PASSWORD, "confirm": "factory-reset"})):
+        r = expect(admin.post(API + "/system/" + action, body), 501, action + " without -x")
+        assert r.json() == {"error": "not available on this system"}, r.summary()
+    assert not [e for e in m.audit_entries() if e[2] in ("reboot", "factory-reset")], m.audit_entries()
+
+    helper, _ = system_helper(env)
+    for arg, why in (("farmgate-system", "must be an absolute path"),
+                     (env.path("no-such-helper"), "No such file or directory"),
+                     (env.write_text("not-executable", "#!/bin/sh\n"), "Permission denied")):
+        p = subprocess.run([mgmt_bin(env), "-c", fg.config_path,
+                            "-d", env.path("x-data"), "-x", arg],
+                           capture_output=True, text=True, timeout=20, cwd=os.path.dirname(helper))
+        assert p.returncode == 2 and why in p.stderr, "-x %s: exit %d: %s" % (arg, p.returncode, p.stderr)
+
+
+def test_system_helper_that_cannot_run_is_logged(env):
+    """A helper gone since the start: the request is still 202 (the answer goes first),
+    farmgate-mgmt logs why it could not run it, leaves no zombie and keeps serving."""
+    helper, runs = system_helper(env)
+    fg, m, admin, bes = stack(env, mgmt_args=["-x", helper])
+    os.unlink(helper)
+    expect(admin.post(API + "/system/reboot", {"password": PASSWORD}), 202, "reboot")
+    wait_for(lambda: "%s reboot: cannot run it: No such file or directory" % helper in m.log_text(),
+             timeout=10 * env.slow, msg="the log line of the failed exec:\n" + m.log_text()[-2000:])
+    time.sleep(0.3)
+    assert not harness._children_of(m.pid), harness._children_of(m.pid)
+    ok(admin.get(API + "/status"), "status after the failed helper")
+
+
+def test_system_section_kept_by_config_edits(env):
+    """The configuration's system section (farmgated only validates it) survives a farm edit
+    through the API, is in GET /config, and a PUT /config with a broken one is 400 naming its
+    JSON path, the file unchanged."""
+    system = {"hostName": "farmgate", "network": {"interface": "eth0", "mode": "static",
+                                                  "address": "192.168.1.10/24", "gateway": "192.168.1.1",
+                                                  "dns": ["192.168.1.1", "9.9.9.9"]},
+              "ntpServers": ["0.debian.pool.ntp.org", "192.168.1.1"]}
+
+    def with_system(bes):
+        cfg = one_farm_config([b.port for b in bes], host=HOST)
+        cfg["system"] = system
+        return cfg
+
+    fg, m, admin, (a, b) = stack(env, farms_cfg=with_system)
+    web = ok(admin.get(API + "/farms/web"), "farm web").json()
+    web["servers"] = [server(a.port, weight=7), server(b.port)]
+    ok(admin.put(API + "/farms/web", web), "edit farm web")
+    assert fg.server_status("web", a.port)["weight"] == 7
+    disk = json.loads(read_bytes(fg.config_path))
+    assert disk.get("system") == system, "a farm edit lost the system section: %s" % disk.get("system")
+    assert ok(admin.get(API + "/config"), "config").json()["system"] == system
+    ok(admin.post(API + "/farms", farm("added", [server(a.port)])), "add a farm")
+    assert json.loads(read_bytes(fg.config_path)).get("system") == system
+
+    before = read_bytes(fg.config_path)
+    bad = json.loads(before)
+    bad["system"]["network"]["mode"] = "dhcp"
+    r = expect(admin.put(API + "/config", bad), 400, "a system section with an address in dhcp mode")
+    assert r.json().get("path") == "$.system.network.address", r.text
+    assert "only with mode static" in r.json()["error"], r.text
+    assert read_bytes(fg.config_path) == before, "a refused configuration changed the file"

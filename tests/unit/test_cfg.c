@@ -540,6 +540,18 @@ static void test_timespan(void **state)
 
 /* ---- error cases: exact messages ---------------------------------------- */
 
+#define SYS_HOST_MSG                                                                               \
+	"$.system.hostName: must be a host name (RFC 1123: dot-separated labels of 1 to 63 "       \
+	"letters, digits and '-', not starting or ending with '-'; 253 characters at most)"
+#define SYS_IF_MSG                                                                                 \
+	"$.system.network.interface: must be a network interface name: 1 to 15 letters, digits, "  \
+	"'_', '.' and '-'"
+#define SYS_CIDR_MSG                                                                               \
+	"$.system.network.address: must be an IPv4 or IPv6 address with its prefix length, e.g. "  \
+	"192.168.1.10/24 or 2001:db8::10/64"
+#define LABEL63 "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk"
+#define LABEL64 LABEL63 "l"
+
 struct err_case {
 	const char *json; /* single-quoted */
 	const char *msg;  /* the whole expected message */
@@ -759,6 +771,74 @@ static const struct err_case err_cases[] = {
 	{"{" LISTEN ",'webFarms':[{'name':'web','protocol':{'clientCertHeaderName':'a b'}}]}",
 	 "$.webFarms[0].protocol.clientCertHeaderName: must be a non-empty HTTP token (letters, "
 	 "digits, !#$%&'*+-.^_`|~)"},
+	/* system: the appliance's operating-system settings */
+	{"{" LISTEN ",'system':[]}", "$.system: must be an object"},
+	{"{" LISTEN ",'system':{'hostname':'a'}}", "$.system.hostname: unknown field"},
+	{"{" LISTEN ",'system':{'hostName':5}}", "$.system.hostName: must be a string"},
+	{"{" LISTEN ",'system':{'hostName':''}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'-farmgate'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'farmgate-.lan'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'farm..gate'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'farmgate.'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'farm_gate'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'farm gate'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'farm\\u0027gate'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'hostName':'" LABEL64 "'}}", SYS_HOST_MSG},
+	{"{" LISTEN ",'system':{'network':{'interface':''}}}", SYS_IF_MSG},
+	{"{" LISTEN ",'system':{'network':{'interface':'eth0:1'}}}", SYS_IF_MSG},
+	{"{" LISTEN ",'system':{'network':{'interface':'..'}}}", SYS_IF_MSG},
+	{"{" LISTEN ",'system':{'network':{'interface':'abcdefghijklmnop'}}}", SYS_IF_MSG},
+	{"{" LISTEN ",'system':{'network':{'interface':'eth0','speed':100}}}",
+	 "$.system.network.speed: unknown field"},
+	{"{" LISTEN ",'system':{'network':{'mode':'manual'}}}",
+	 "$.system.network.mode: unknown mode \"manual\" (expected dhcp or static)"},
+	{"{" LISTEN ",'system':{'network':{'mode':'static'}}}",
+	 "$.system.network.address: is required with mode static"},
+	{"{" LISTEN ",'system':{'network':{'address':'192.168.1.10/24'}}}",
+	 "$.system.network.address: only with mode static"},
+	{"{" LISTEN ",'system':{'network':{'gateway':'192.168.1.1','mode':'dhcp'}}}",
+	 "$.system.network.gateway: only with mode static"},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10/33'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10/0'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10/024'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10/24 '}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.300/24'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'2001:db8::1/129'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'fe80::1%eth0/64'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'farmgate.lan/24'}}}",
+	 SYS_CIDR_MSG},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10/24',"
+	 "'gateway':'router.lan'}}}",
+	 "$.system.network.gateway: must be a numeric IPv4 or IPv6 address"},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'192.168.1.10/24',"
+	 "'gateway':'fe80::1'}}}",
+	 "$.system.network.gateway: must be an IPv4 address, as address is"},
+	{"{" LISTEN ",'system':{'network':{'mode':'static','address':'2001:db8::10/64',"
+	 "'gateway':'192.168.1.1'}}}",
+	 "$.system.network.gateway: must be an IPv6 address, as address is"},
+	{"{" LISTEN ",'system':{'network':{'dns':'9.9.9.9'}}}",
+	 "$.system.network.dns: must be an array"},
+	{"{" LISTEN ",'system':{'network':{'dns':['1.1.1.1','1.0.0.1','9.9.9.9','8.8.8.8']}}}",
+	 "$.system.network.dns: at most 3 entries"},
+	{"{" LISTEN ",'system':{'network':{'dns':['1.1.1.1','dns.example']}}}",
+	 "$.system.network.dns[1]: must be a numeric IPv4 or IPv6 address"},
+	{"{" LISTEN ",'system':{'ntpServers':'pool.ntp.org'}}",
+	 "$.system.ntpServers: must be an array"},
+	{"{" LISTEN ",'system':{'ntpServers':['a','b','c','d','e']}}",
+	 "$.system.ntpServers: at most 4 entries"},
+	{"{" LISTEN ",'system':{'ntpServers':[1]}}", "$.system.ntpServers[0]: must be a string"},
+	{"{" LISTEN ",'system':{'ntpServers':['pool.ntp.org','ntp server']}}",
+	 "$.system.ntpServers[1]: must be a numeric IPv4 or IPv6 address or a host name (RFC "
+	 "1123)"},
 	/* JSON syntax errors: line and column */
 	{"{\n  'listeners': [\n    {'port' 80}\n  ]\n}",
 	 "line 3, column 13: unexpected character '8', expected ':' after the key"},
@@ -920,6 +1000,154 @@ static void test_load_file_size_limit(void **state)
 	free(data);
 }
 
+/* The system section printed as farmgated -S prints it. The caller frees. */
+static char *system_shell(const struct config *cfg, int want_rc, char *err, size_t errlen)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	assert_non_null(f);
+	assert_int_equal(cfg_system_shell(cfg, f, err, errlen), want_rc);
+	assert_int_equal(fclose(f), 0);
+	return text;
+}
+
+static void test_system_defaults(void **state)
+{
+	struct config *cfg = load_ok("{" LISTEN "}");
+	const struct system_cfg *s = &cfg->system;
+	char err[256] = "", *text;
+
+	(void)state;
+	assert_string_equal(s->host_name, "farmgate");
+	assert_string_equal(s->net.interface, "eth0");
+	assert_int_equal(s->net.mode, NET_MODE_DHCP);
+	assert_null(s->net.address);
+	assert_null(s->net.gateway);
+	assert_int_equal(s->net.dns.n, 0);
+	assert_int_equal(s->ntp_servers.n, 0);
+	text = system_shell(cfg, 0, err, sizeof(err));
+	assert_string_equal(text, "FG_HOSTNAME='farmgate'\n"
+				  "FG_NET_IF='eth0'\n"
+				  "FG_NET_MODE='dhcp'\n"
+				  "FG_NET_ADDRESS=''\n"
+				  "FG_NET_GATEWAY=''\n"
+				  "FG_NET_DNS=''\n"
+				  "FG_NTP_SERVERS=''\n");
+	assert_string_equal(err, "");
+	free(text);
+	cfg_put(cfg);
+	/* an empty section, an empty network: the same */
+	cfg = load_ok("{" LISTEN ",'system':{'network':{},'ntpServers':[]}}");
+	assert_string_equal(cfg->system.host_name, "farmgate");
+	assert_string_equal(cfg->system.net.interface, "eth0");
+	assert_int_equal(cfg->system.net.mode, NET_MODE_DHCP);
+	cfg_put(cfg);
+}
+
+static void test_system_static(void **state)
+{
+	struct config *cfg = load_ok(
+		"{" LISTEN ",'system':{'hostName':'fg-01.example.lan','network':{"
+		"'interface':'enp0s3','mode':'static','address':'192.168.1.10/24',"
+		"'gateway':'192.168.1.1','dns':['192.168.1.1','9.9.9.9','2620:fe::fe']},"
+		"'ntpServers':['0.debian.pool.ntp.org','192.168.1.1','2001:db8::123','ntp']}}");
+	char err[256] = "", *text;
+
+	(void)state;
+	text = system_shell(cfg, 0, err, sizeof(err));
+	assert_string_equal(
+		text, "FG_HOSTNAME='fg-01.example.lan'\n"
+		      "FG_NET_IF='enp0s3'\n"
+		      "FG_NET_MODE='static'\n"
+		      "FG_NET_ADDRESS='192.168.1.10/24'\n"
+		      "FG_NET_GATEWAY='192.168.1.1'\n"
+		      "FG_NET_DNS='192.168.1.1 9.9.9.9 2620:fe::fe'\n"
+		      "FG_NTP_SERVERS='0.debian.pool.ntp.org 192.168.1.1 2001:db8::123 ntp'\n");
+	free(text);
+	cfg_put(cfg);
+	/* IPv6, the mode in another case, no gateway; DHCP with its DNS overridden */
+	cfg = load_ok("{" LISTEN
+		      ",'system':{'network':{'mode':'Static','address':'2001:db8::10/64',"
+		      "'interface':'br-lan.10'}}}");
+	assert_int_equal(cfg->system.net.mode, NET_MODE_STATIC);
+	assert_string_equal(cfg->system.net.address, "2001:db8::10/64");
+	assert_null(cfg->system.net.gateway);
+	cfg_put(cfg);
+	cfg = load_ok("{" LISTEN ",'system':{'network':{'dns':['192.168.1.1']}}}");
+	assert_int_equal(cfg->system.net.mode, NET_MODE_DHCP);
+	assert_int_equal(cfg->system.net.dns.n, 1);
+	assert_string_equal(cfg->system.net.dns.v[0], "192.168.1.1");
+	cfg_put(cfg);
+}
+
+/* The edges of the host-name and prefix rules. */
+static void test_system_edges(void **state)
+{
+	static const char *const ok[] = {
+		"{" LISTEN ",'system':{'hostName':'" LABEL63 "'}}",
+		"{" LISTEN ",'system':{'hostName':'a'}}",
+		"{" LISTEN ",'system':{'hostName':'1-2.3'}}",
+		"{" LISTEN ",'system':{'network':{'mode':'static','address':'10.0.0.1/32'}}}",
+		"{" LISTEN ",'system':{'network':{'mode':'static','address':'10.0.0.1/1'}}}",
+		"{" LISTEN ",'system':{'network':{'mode':'static','address':'::1/128'}}}",
+		"{" LISTEN ",'system':{'network':{'interface':'a'}}}",
+		"{" LISTEN ",'system':{'network':{'interface':'abcdefghijklmno'}}}",
+	};
+	char json[600], err[512];
+	struct config *cfg;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		cfg_put(load_ok(ok[i]));
+	/* 253 characters (four labels of 63, dots) load; 254 do not */
+	snprintf(json, sizeof(json), "{" LISTEN ",'system':{'hostName':'%s.%s.%s.%s'}}", LABEL63,
+		 LABEL63, LABEL63, "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghi");
+	cfg = load_ok(json);
+	assert_int_equal(strlen(cfg->system.host_name), 253);
+	cfg_put(cfg);
+	snprintf(json, sizeof(json), "{" LISTEN ",'system':{'hostName':'%s.%s.%s.%s'}}", LABEL63,
+		 LABEL63, LABEL63,
+		 "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghij");
+	load_err(json, err, sizeof(err));
+	assert_string_equal(err, SYS_HOST_MSG);
+}
+
+/* The last guard: a value with a byte a shell could read is never printed. */
+static void test_system_shell_refuses_unsafe_bytes(void **state)
+{
+	static const char *const bad[] = {"farm'gate", "farm gate", "a$b", "a\nb", "a\"b", "é"};
+	struct config *cfg;
+	char err[256], *text;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cfg = load_ok("{" LISTEN ",'system':{'ntpServers':['pool.ntp.org','ntp']}}");
+		free(cfg->system.ntp_servers.v[1]);
+		cfg->system.ntp_servers.v[1] = strdup(bad[i]);
+		assert_non_null(cfg->system.ntp_servers.v[1]);
+		text = system_shell(cfg, -1, err, sizeof(err));
+		assert_string_equal(text, "");
+		assert_string_equal(err, "FG_NTP_SERVERS: a value holds a byte outside "
+					 "[A-Za-z0-9.:/_-]: nothing printed");
+		free(text);
+		cfg_put(cfg);
+	}
+	cfg = load_ok("{" LISTEN "}");
+	free(cfg->system.host_name);
+	cfg->system.host_name = strdup("x';reboot;'");
+	assert_non_null(cfg->system.host_name);
+	text = system_shell(cfg, -1, err, sizeof(err));
+	assert_string_equal(text, "");
+	assert_string_equal(err, "FG_HOSTNAME: a value holds a byte outside [A-Za-z0-9.:/_-]: "
+				 "nothing printed");
+	free(text);
+	cfg_put(cfg);
+}
+
 /* Every strict prefix of a valid file is refused, without leaks (LSan) or
  * out-of-bounds reads (ASan): covers the free paths at every stage. */
 static void test_every_prefix_fails_cleanly(void **state)
@@ -960,6 +1188,10 @@ static const struct CMUnitTest fixed_tests[] = {
 	cmocka_unit_test(test_load_file_missing_and_unreadable),
 	cmocka_unit_test(test_load_file_size_limit),
 	cmocka_unit_test(test_every_prefix_fails_cleanly),
+	cmocka_unit_test(test_system_defaults),
+	cmocka_unit_test(test_system_static),
+	cmocka_unit_test(test_system_edges),
+	cmocka_unit_test(test_system_shell_refuses_unsafe_bytes),
 };
 
 #define N_FIXED_TESTS (sizeof(fixed_tests) / sizeof(fixed_tests[0]))
