@@ -241,12 +241,16 @@ class Appliance:
         return self.sh("cat %s" % path)[1]
 
     # -- power --------------------------------------------------------------
-    def reboot(self, timeout=90):
+    def reboot(self, timeout=90, trigger=None):
         """Reboots the guest from its console (init stops the services, unmounts
-        the data partition); returns the seconds until it serves again."""
+        the data partition), or by calling trigger() (the web UI's reboot);
+        returns the seconds until it serves again."""
         since = os.path.getsize(self.serial_log)
         t0 = time.monotonic()
-        self.send("reboot")
+        if trigger:
+            trigger()
+        else:
+            self.send("reboot")
         self._drop_console()
         self.wait_serial(r"farmgate: stopping", 30, since=since)
         self.wait_serial(r"farmgate: Farmgate \S+ \(", timeout, since=since)

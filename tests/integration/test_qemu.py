@@ -14,6 +14,7 @@ import re
 from cac import EmulatedCac
 from harness import release_only, wait_for
 from pki import Pki, TlsNginx, parse_echo, sha1_hex, sha256_hex
+from mgmt_client import PASSWORD
 from qemu import API, GUEST_HOST, Appliance, GuestMgmt, add_farm, api_ok, image_dir, token_client_cert
 
 TOKEN = "appliance"  # the factory configuration's SoftHSM token
@@ -216,3 +217,63 @@ def test_qemu_smart_card_in_the_appliance_through_opensc_and_pcscd(env):
             status, body[:300], app.sh("tail -n 15 /data/log/messages")[1])
     toks = {t["name"]: t for t in api_ok(admin.get(API + "/tokens"), "tokens")["tokens"]}
     assert toks["cac"]["loggedIn"] and toks["cac"]["signatures"] >= 1, toks["cac"]
+
+
+@release_only
+def test_qemu_static_network_from_config_reboot_and_factory_reset_from_the_web_ui(env):
+    """The configuration's "system" section (PUT /config) is applied at the next boot: a
+    host name and a static address, gateway and DNS server replace DHCP. The web UI's
+    reboot (POST /system/reboot with the password) reboots the appliance; the web UI's
+    factory reset erases the data partition at the next boot: a new setup code, no
+    password, the factory configuration (no farm, DHCP), a new SoftHSM token."""
+    app, _ = boot(env, "factory-reset")
+    first_code = app.setup_code()
+    gm = GuestMgmt(app, env.mkdtemp("mgmt"))
+    admin = gm.setup(first_code)
+    sysinfo = api_ok(admin.get(API + "/system"), "GET /system")
+    assert sysinfo.get("actions") == ["reboot", "factory-reset"], sysinfo
+    old_serial = app.sh("ls /data/softhsm/tokens")[1].split()
+    assert len(old_serial) == 1, old_serial
+
+    cfg = api_ok(admin.get(API + "/config"), "GET /config")
+    cfg["system"] = {"hostName": "edge-7",
+                     "network": {"mode": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
+                                 "dns": ["10.0.2.3"]}}
+    api_ok(admin.put(API + "/config", cfg), "PUT /config with a static network")
+    add_farm(admin, {"name": "kept", "servers": [{"address": GUEST_HOST, "httpPort": 9}]}, "kept.test")
+
+    r = admin.post(API + "/system/reboot", {"password": "wrong password"})
+    assert r.status == 403, "reboot with a wrong password: " + r.summary()
+    app.reboot(trigger=lambda: api_ok(admin.post(API + "/system/reboot", {"password": PASSWORD}),
+                                      "POST /system/reboot"))
+    assert "reboot requested" in app.serial(app.mark), app.serial(app.mark)[-2000:]
+    assert app.sh("hostname")[1].strip() == "edge-7"
+    assert app.sh("pidof udhcpc", check=False)[0] != 0, "udhcpc runs despite mode static"
+    addr = app.sh("ip -4 addr show dev eth0")[1]
+    assert "inet 10.0.2.15/24" in addr and "dynamic" not in addr, addr
+    assert "default via 10.0.2.2 dev eth0" in app.sh("ip route")[1]
+    assert app.sh("cat /etc/resolv.conf")[1].split() == ["nameserver", "10.0.2.3"]
+    admin = gm.login()
+    assert "kept" in [f["name"] for f in api_ok(admin.get(API + "/farms"), "farms")]
+
+    body = {"password": PASSWORD}
+    r = admin.post(API + "/system/factory-reset", body)
+    assert r.status == 400, "factory reset without the confirmation: " + r.summary()
+    body["confirm"] = "factory-reset"
+    app.reboot(trigger=lambda: api_ok(admin.post(API + "/system/factory-reset", body),
+                                      "POST /system/factory-reset"))
+    console = app.serial(app.mark)
+    assert "factory reset: erasing the data partition" in console and "factory reset done" in console, \
+        console[-3000:]
+    code = app.setup_code()
+    assert code != first_code, "the factory reset kept the setup code"
+    gm = GuestMgmt(app, env.mkdtemp("mgmt"))  # a new certificate too
+    anon = gm.client()
+    assert api_ok(anon.get(API + "/auth/state"), "auth state")["passwordSet"] is False
+    admin = gm.setup(code)
+    assert api_ok(admin.get(API + "/farms"), "farms") == [], "the factory configuration has no farm"
+    assert app.sh("hostname")[1].strip() == "farmgate"
+    assert app.sh("pidof udhcpc", check=False)[0] == 0, "DHCP again after the factory reset"
+    new_serial = app.sh("ls /data/softhsm/tokens")[1].split()
+    assert len(new_serial) == 1 and new_serial != old_serial, (old_serial, new_serial)
+    assert app.sh("ls /data/.factory-reset", check=False)[0] != 0

@@ -162,8 +162,8 @@ factory_reset_now() {
 system_env() {
 	FG_HOSTNAME=farmgate FG_NET_IF=eth0 FG_NET_MODE=dhcp FG_NET_ADDRESS=
 	FG_NET_GATEWAY= FG_NET_DNS= FG_NTP_SERVERS=
-	out=$(/usr/sbin/farmgated -S -c "$FG_CFG" 2>/dev/null) || {
-		say "system settings: none usable in $FG_CFG, using DHCP on eth0"
+	out=$(/usr/sbin/farmgated -S -c "$FG_CFG" 2>/run/farmgate-system.err) || {
+		say "system settings: $FG_CFG refused ($(head -c 300 /run/farmgate-system.err)): DHCP on eth0"
 		return 0
 	}
 	echo "$out" | {
