@@ -54,7 +54,7 @@ IMAGE_PKGS := qemu-system-x86 ovmf busybox-static systemd-boot-efi dosfstools mt
 	cpio kmod zstd xz-utils e2fsprogs
 # Debian packages the build, the demo and the tests need.
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
-	nginx wrk curl clang-format cppcheck procps iproute2 \
+	nginx wrk curl clang-format cppcheck shellcheck procps iproute2 \
 	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
 	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium \
 	$(IMAGE_PKGS)
@@ -66,7 +66,7 @@ PLAYWRIGHT := $(NODE_DIR)/node_modules/playwright-core/package.json
 .DEFAULT_GOAL := all
 .SECONDARY:
 .PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
-	image qemu-image menuconfig olddefconfig savedefconfig defconfig config asan
+	image qemu-image bench-image menuconfig olddefconfig savedefconfig defconfig config asan
 
 help:
 	@echo 'Farmgate make targets'
@@ -82,7 +82,8 @@ help:
 	@echo '  make test-unit        run the unit tests only'
 	@echo '  make test-integration run the integration tests only (TESTS=pattern to filter)'
 	@echo '  make bench            farmgated vs nginx side by side; writes $(O)/bench/results.md'
-	@echo '  make lint             clang-format check and cppcheck'
+	@echo '  make bench-image      the image size and boot-to-serving times under QEMU (3 runs each)'
+	@echo '  make lint             clang-format check, cppcheck, shellcheck (board scripts)'
 	@echo '  make format           reformat the C sources with clang-format'
 	@echo '  make menuconfig       edit the build configuration ($(KCONFIG_CONFIG))'
 	@echo '  make <board>_defconfig  start from board/<board>/defconfig (boards: $(notdir $(wildcard board/*)))'
@@ -257,6 +258,11 @@ test-integration: all unit
 bench: deps all
 	$(Q)$(PY) tests/bench.py --build $(O)
 
+# the image's size and boot-to-serving times under QEMU (TCG)
+bench-image: deps all
+	$(Q)$(MAKE) --no-print-directory qemu-image
+	$(Q)$(PY) tests/qemu_boottime.py --images $(QEMU_O)/images
+
 # ---- hygiene ------------------------------------------------------------
 LINT_SRCS = $(wildcard firmware/*.c firmware/*.h firmware/mgmt/*.c firmware/mgmt/*.h hsm/*.c hsm/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c \
 	tests/pkcs11-shim/*.c)
@@ -266,13 +272,16 @@ lint: $(AUTOCONF)
 	$(Q)cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 		--inline-suppr --std=c11 -D__CPPCHECK__ -D_GNU_SOURCE -DFG_VERSION='"lint"' -Ifirmware \
 		--include=$(AUTOCONF) --suppress=missingIncludeSystem -Ihsm firmware hsm tests/unit
+	$(Q)shellcheck -s sh -S warning -e SC1091,SC2034,SC2154,SC3040 -x \
+		$$(grep -rl '^#!/bin/sh' board) board/*/rootfs-overlay/usr/lib/farmgate/lib.sh
 	@echo "lint: clean"
 
 format:
 	$(Q)clang-format -i $(LINT_SRCS)
 
 clean:
-	$(Q)rm -rf $(O)/obj $(O)/asan $(O)/tests $(O)/farmgated $(O)/bench
+	$(Q)rm -rf $(O)/obj $(O)/asan $(O)/tests $(O)/farmgated $(O)/bench $(O)/image $(O)/images \
+		$(filter-out $(QEMU_O)/dl,$(wildcard $(QEMU_O)/*))
 
 distclean:
 	$(Q)rm -rf $(O)

@@ -43,7 +43,9 @@ blank_disk() {
 		[ -e "$s" ] || continue
 		n=${s##*/}
 		[ "$(cat "$s/removable" 2>/dev/null)" = 1 ] && continue
-		ls "$s" | grep -q "^$n" && continue # has partitions
+		parts=
+		for q in "$s/$n"*; do [ -e "$q" ] && parts=1; done
+		[ -n "$parts" ] && continue
 		/usr/sbin/sfdisk -d "/dev/$n" >/dev/null 2>&1 && continue
 		zeroed "$n" || continue
 		echo "$n"
@@ -160,8 +162,13 @@ factory_reset_now() {
 # or invalid). No eval: each known name is assigned as plain text, and a
 # value with any byte outside [A-Za-z0-9.:/_ -] is refused.
 system_env() {
-	FG_HOSTNAME=farmgate FG_NET_IF=eth0 FG_NET_MODE=dhcp FG_NET_ADDRESS=
-	FG_NET_GATEWAY= FG_NET_DNS= FG_NTP_SERVERS=
+	FG_HOSTNAME=farmgate
+	FG_NET_IF=eth0
+	FG_NET_MODE=dhcp
+	FG_NET_ADDRESS=''
+	FG_NET_GATEWAY=''
+	FG_NET_DNS=''
+	FG_NTP_SERVERS=''
 	out=$(/usr/sbin/farmgated -S -c "$FG_CFG" 2>/run/farmgate-system.err) || {
 		say "system settings: $FG_CFG refused ($(head -c 300 /run/farmgate-system.err)): DHCP on eth0"
 		return 0
