@@ -500,7 +500,7 @@ class TlsNginx(NginxBackend):
 
     def __init__(self, env, cert, key, client_ca=None, users=None, name="tls",
                  protocols="TLSv1.2 TLSv1.3", session_cache=True, tickets=True,
-                 keepalive_timeout="75s", keepalive_requests=100000):
+                 keepalive_timeout="75s", keepalive_requests=100000, worker_connections=1024):
         super().__init__(env, mode="custom", name=name, server_body="",
                          keepalive_requests=keepalive_requests, keepalive_timeout=keepalive_timeout)
         self.cert = cert
@@ -510,6 +510,7 @@ class TlsNginx(NginxBackend):
         self.protocols = protocols
         self.session_cache = session_cache
         self.tickets = tickets
+        self.worker_connections = worker_connections
 
     def _write_conf(self):
         p = self.prefix
@@ -521,10 +522,11 @@ class TlsNginx(NginxBackend):
 daemon off;
 master_process on;
 worker_processes 1;
+worker_rlimit_nofile {nofile};
 user nobody nogroup;
 pid {p}/nginx.pid;
 error_log {p}/error.log info;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {wc}; }}
 http {{
   log_format fg '$remote_addr:$remote_port conn=$connection reqs=$connection_requests "$request" $status ssl=$ssl_protocol reused=$ssl_session_reused fp=$ssl_client_fingerprint sni=$ssl_server_name';
   access_log {p}/access.log fg;
@@ -554,7 +556,8 @@ http {{
     }}
   }}
 }}
-""".format(p=p, port=self.port, kr=self.keepalive_requests, kt=self.keepalive_timeout, users=users,
+""".format(p=p, wc=self.worker_connections, nofile=2 * self.worker_connections + 64,
+           port=self.port, kr=self.keepalive_requests, kt=self.keepalive_timeout, users=users,
            cert=self.cert, key=self.key, protocols=self.protocols, cache=cache,
            tickets="on" if self.tickets else "off", client=client)
         path = os.path.join(p, "nginx.conf")

@@ -1,5 +1,5 @@
-"""testssl.sh against farmgated's HTTPS listeners (issue 4): no finding of severity MEDIUM,
-HIGH or CRITICAL.
+"""testssl.sh against farmgated's HTTPS listeners (issue 4) and farmgate-mgmt's (issue 8): no
+finding of severity MEDIUM, HIGH or CRITICAL.
 
 Debian's testssl.sh 3.0.8, a full default run (about a minute: no check is deselected, no
 --fast), with the test's root CA added to its trust stores (--add-ca) so that the chain of
@@ -32,9 +32,11 @@ Artifacts stay in the test's temp dir (kept when it fails): testssl-<name>/<name
 finding), .log (the report), .out (its output).
 """
 
+import json
 import re
 
-from harness import curl, release_only
+from harness import curl, free_port, release_only
+from mgmt_client import Mgmt
 from tlsbench_pki import OperatorPki
 from tlsbench_testssl import (APP_FINDINGS, CLIENT_AUTH_NOT_APPLICABLE, HOSTNAME,
                               REQUIRED_HTTP_IDS, REQUIRED_IDS, farmgated_config, fmt, judge,
@@ -144,3 +146,36 @@ def test_testssl_rsa_require(env):
     of its hundreds of connections. The HTTP checks, client-initiated renegotiation and BREACH
     are not applicable (CLIENT_AUTH_NOT_APPLICABLE)."""
     _scan(env, "rsa-require", "rsa2048", "Require")
+
+
+@release_only
+def test_testssl_management_listener(env):
+    """farmgate-mgmt's own HTTPS listener (the web UI and REST API), with an operator's P-256
+    certificate from files (management.certificateFile / keyFile): the same verdict rules as the
+    data plane's listeners. The UI answers / itself (no backend, nothing compressed), so BREACH
+    must not show; the security headers (HSTS, nosniff) are its own."""
+    pki = OperatorPki(env.mkdtemp("pki"))
+    cert = pki.server_cert("mgmt", [HOSTNAME], key_type="p256")
+    cfg = {"listeners": [{"address": "127.0.0.1", "port": None}], "webFarms": [], "rules": []}
+    fg = env.farmgated(cfg)
+    with open(fg.config_path) as f:
+        full = json.load(f)
+    full["management"] = {"address": "127.0.0.1", "port": free_port(),
+                          "certificateFile": cert.chain, "keyFile": cert.key}
+    with open(fg.config_path, "w") as f:
+        json.dump(full, f)
+    m = Mgmt(env, fg)
+    m.start()
+    res = run_testssl_retrying(env.path("testssl-mgmt"), HOSTNAME, m.port, pki.root, name="mgmt")
+    print("testssl against farmgate-mgmt (P-256): %.0f s, exit %d\n%s" % (res.seconds, res.rc, summary(res)))
+    bad, hits = judge(res.findings, {}, REQUIRED_IDS + REQUIRED_HTTP_IDS)
+    for fid, rx in (("cert_chain_of_trust", r"^passed"), ("TLS1_3", r"^offered"), ("TLS1_2", r"^offered"),
+                    ("HSTS_time", r"\d"), ("secure_client_renego", r"^not vulnerable"),
+                    ("BREACH", r"^not vulnerable")):
+        f = res.finding(fid)
+        if not f or not re.search(rx, f.get("finding", "")):
+            bad.append(dict(f or {"id": fid, "finding": "(none)"}, severity="EXPECTED /%s/" % rx))
+    assert not bad, ("testssl against the management listener:\n%s\nartifacts: %s, %s\n"
+                     "%d finding(s) that fail:\n  %s"
+                     % (summary(res), res.json_path, res.log_path, len(bad),
+                        "\n  ".join(fmt(f) for f in bad)))
