@@ -56,7 +56,7 @@ IMAGE_PKGS := qemu-system-x86 ovmf busybox-static systemd-boot-efi dosfstools mt
 DEB_PKGS := build-essential pkg-config libpcre2-dev libcmocka-dev python3-kconfiglib \
 	nginx wrk curl clang-format cppcheck shellcheck procps iproute2 \
 	libssl-dev openssl libp11-kit-dev softhsm2 opensc libengine-pkcs11-openssl strace \
-	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium \
+	pcscd vsmartcard-vpcd libcacard-dev libnss3-tools testssl.sh chromium slowhttptest \
 	$(IMAGE_PKGS)
 # npm's playwright-core drives Debian's chromium in the browser tests
 PLAYWRIGHT_VERSION := 1.65.1
@@ -66,7 +66,8 @@ PLAYWRIGHT := $(NODE_DIR)/node_modules/playwright-core/package.json
 .DEFAULT_GOAL := all
 .SECONDARY:
 .PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
-	image qemu-image bench-image menuconfig olddefconfig savedefconfig defconfig config asan
+	image qemu-image bench-image soak menuconfig olddefconfig savedefconfig defconfig config asan \
+	fuzz fuzz-build
 
 help:
 	@echo 'Farmgate make targets'
@@ -82,7 +83,10 @@ help:
 	@echo '  make test-unit        run the unit tests only'
 	@echo '  make test-integration run the integration tests only (TESTS=pattern to filter)'
 	@echo '  make bench            farmgated vs nginx side by side; writes $(O)/bench/results.md'
+	@echo '  make soak             $(SOAK_CONNS) TLS connections through farmgated for $(SOAK_SECONDS) s; writes $(O)/soak/result.md'
 	@echo '  make bench-image      the image size and boot-to-serving times under QEMU (3 runs each)'
+	@echo '  make fuzz             build the libFuzzer harnesses into $(O)/fuzz/, run each FUZZ_TIME s (60)'
+	@echo '  make fuzz-build       only build them (tests/fuzz/README.md)'
 	@echo '  make lint             clang-format check, cppcheck, shellcheck (board scripts)'
 	@echo '  make format           reformat the C sources with clang-format'
 	@echo '  make menuconfig       edit the build configuration ($(KCONFIG_CONFIG))'
@@ -247,7 +251,8 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all unit
 	$(Q)$(MAKE) --no-print-directory asan
 	$(Q)$(MAKE) --no-print-directory qemu-image
-	$(Q)$(PY) tests/run.py --build $(O) --asan-build $(O)/asan
+	$(Q)$(MAKE) --no-print-directory fuzz-build
+	$(Q)$(PY) tests/run.py --build $(O) --asan-build $(O)/asan --fuzz-build $(O)/fuzz
 
 test-unit: all unit
 	$(Q)$(PY) tests/run.py --build $(O) --only unit
@@ -258,14 +263,72 @@ test-integration: all unit
 bench: deps all
 	$(Q)$(PY) tests/bench.py --build $(O)
 
+# long-running load: SOAK_CONNS TLS connections through farmgated for SOAK_SECONDS;
+# writes $(O)/soak/result.md, fails on any error, RSS growth or descriptor leak
+SOAK_SECONDS ?= 600
+SOAK_CONNS ?= 2000
+soak: deps all
+	$(Q)$(PY) tests/soak.py --build $(O) --seconds $(SOAK_SECONDS) --conns $(SOAK_CONNS)
+
 # the image's size and boot-to-serving times under QEMU (TCG)
 bench-image: deps all
 	$(Q)$(MAKE) --no-print-directory qemu-image
 	$(Q)$(PY) tests/qemu_boottime.py --images $(QEMU_O)/images
 
+# ---- fuzzing --------------------------------------------------------------
+# libFuzzer harnesses (tests/fuzz/): each fuzz_<name>.c with the project
+# sources it needs, all built with clang's fuzzer+ASan+UBSan into $(O)/fuzz/.
+FUZZ_CC := clang
+FUZZ_TIME ?= 60
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer -Wall -Wextra -Wno-missing-field-initializers
+FUZZ_NAMES := $(sort $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_BINS := $(FUZZ_NAMES:%=$(O)/fuzz/fuzz_%)
+FUZZ_LIB_OBJS := $(LIB_OBJS:$(O)/obj/%=$(O)/fuzz/obj/%)
+FUZZ_HTTP1_OBJS := $(O)/fuzz/obj/firmware/http1.o
+# a harness's libFuzzer option from its fuzz_<name>.options (OSS-Fuzz's
+# format; tests/run.py reads the same files): $(call FUZZ_OPT,name,dict)
+FUZZ_OPT = $(shell sed -n 's/^$(2) *= *//p' tests/fuzz/fuzz_$(1).options)
+
+$(O)/fuzz/obj/%.o: %.c $(AUTOCONF) $(BUILDOPTS) | $(VERSION_H)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC  $<"
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -MMD -MP -include $(AUTOCONF) -c -o $@ $<
+
+$(O)/fuzz/fuzz_request $(O)/fuzz/fuzz_response $(O)/fuzz/fuzz_chunked: $(FUZZ_HTTP1_OBJS)
+$(O)/fuzz/fuzz_rules $(O)/fuzz/fuzz_cfg: $(FUZZ_LIB_OBJS)
+$(O)/fuzz/fuzz_%: $(O)/fuzz/obj/tests/fuzz/fuzz_%.o
+	@echo "  LD      $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $^ $(LDLIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+# One harness's run (a shell fragment for the fuzz recipe): from its work
+# corpus, the seeds copied in (it grows run after run), and its regressions.
+define FUZZ_RUN
+mkdir -p $(O)/fuzz/corpus/$(1) $(O)/fuzz/crashes/$(1) && \
+cp -p tests/fuzz/corpus/$(1)/* $(O)/fuzz/corpus/$(1)/ && \
+echo "  FUZZ    $(1) ($(FUZZ_TIME) s)" && \
+{ $(O)/fuzz/fuzz_$(1) -dict=tests/fuzz/$(call FUZZ_OPT,$(1),dict) \
+	-max_len=$(call FUZZ_OPT,$(1),max_len) \
+	-rss_limit_mb=2048 -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	-artifact_prefix=$(O)/fuzz/crashes/$(1)/ $(O)/fuzz/corpus/$(1) \
+	$(wildcard tests/fuzz/regress/$(1)) >$(O)/fuzz/$(1).log 2>&1 || \
+	{ fail="$$fail $(1)"; tail -n 40 $(O)/fuzz/$(1).log; }; } && \
+grep -E '^(stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|Done)' \
+	$(O)/fuzz/$(1).log | sed 's/^/          /'; \
+grep -E '^#[0-9]+' $(O)/fuzz/$(1).log | tail -n 1 | sed 's/^/          /';
+endef
+
+fuzz: fuzz-build
+	$(Q)fail=; $(foreach n,$(FUZZ_NAMES),$(call FUZZ_RUN,$(n))) \
+	[ -z "$$fail" ] || { echo "fuzz: crashes in:$$fail (see $(O)/fuzz/crashes/)"; exit 1; }
+
+-include $(FUZZ_LIB_OBJS:.o=.d) $(FUZZ_NAMES:%=$(O)/fuzz/obj/tests/fuzz/fuzz_%.d)
+
 # ---- hygiene ------------------------------------------------------------
 LINT_SRCS = $(wildcard firmware/*.c firmware/*.h firmware/mgmt/*.c firmware/mgmt/*.h hsm/*.c hsm/*.h tests/unit/*.c tests/unit/*.h tests/tools/*.c \
-	tests/pkcs11-shim/*.c)
+	tests/pkcs11-shim/*.c tests/fuzz/*.c tests/fuzz/*.h)
 
 lint: $(AUTOCONF)
 	$(Q)clang-format --dry-run --Werror $(LINT_SRCS)
@@ -280,7 +343,7 @@ format:
 	$(Q)clang-format -i $(LINT_SRCS)
 
 clean:
-	$(Q)rm -rf $(O)/obj $(O)/asan $(O)/tests $(O)/farmgated $(O)/bench $(O)/image $(O)/images \
+	$(Q)rm -rf $(O)/obj $(O)/asan $(O)/tests $(O)/farmgated $(O)/bench $(O)/image $(O)/images $(O)/fuzz \
 		$(filter-out $(QEMU_O)/dl,$(wildcard $(QEMU_O)/*))
 
 distclean:

@@ -808,7 +808,8 @@ static int parse_status_line(const char *p, const char *end, struct http_resp *r
 			return -502;
 		status = status * 10 + (*p - '0');
 	}
-	if (status < 100)
+	/* RFC 9110 15: every valid status code is in 100..599 */
+	if (status < 100 || status > 599)
 		return -502;
 	if (p == end)
 		return HTTP1_INCOMPLETE;

@@ -1367,7 +1367,9 @@ static int build_response_head(struct client *cl)
 		if (has_conn_tokens &&
 		    named_in_connection(rs->hdrs, rs->nhdrs, h->name, h->name_len))
 			continue;
-		if (cl->resp_rechunk && hdr_is(h, "content-length"))
+		/* one normalised Content-Length is written below: a list
+		 * ("5, 5") or repeated fields would reach the client as is */
+		if (hdr_is(h, "content-length"))
 			continue;
 		if (f->protocol.reverse_rewrite_host &&
 		    (hdr_is(h, "location") || hdr_is(h, "content-location")) &&
@@ -1385,10 +1387,15 @@ static int build_response_head(struct client *cl)
 	}
 	if (f->protocol.arr_response_header)
 		put_lit(&cl->out, "X-Powered-By: ARR/3.0\r\n");
-	if (rs->status == 101)
+	if (rs->status == 101) {
 		put_lit(&cl->out, "Connection: Upgrade\r\n");
-	else if (cl->resp_rechunk)
+	} else if (cl->resp_rechunk) {
 		put_lit(&cl->out, "Transfer-Encoding: chunked\r\n");
+	} else if (http1_find(rs->hdrs, rs->nhdrs, "content-length")) {
+		i = snprintf(tmp, sizeof(tmp), "Content-Length: %" PRIu64 "\r\n",
+			     rs->content_length);
+		put_str(&cl->out, tmp, i);
+	}
 	if (rs->status != 101) {
 		if (cl->close_after)
 			put_lit(&cl->out, "Connection: close\r\n");
@@ -1396,6 +1403,24 @@ static int build_response_head(struct client *cl)
 			put_lit(&cl->out, "Connection: keep-alive\r\n");
 	}
 	put_lit(&cl->out, "\r\n");
+	return 0;
+}
+
+/* Tells whether a response with a body names a transfer coding other than
+ * chunked ("gzip", "gzip, chunked"). farmgated decodes none and re-chunks
+ * the body without the Transfer-Encoding field, so the client would get
+ * coded bytes labelled as plain ones: such a response is refused (502), as
+ * nginx does. */
+static int resp_te_unsupported(const struct http_resp *rs)
+{
+	unsigned int i;
+
+	if (rs->body == HTTP_BODY_NONE)
+		return 0;
+	for (i = 0; i < rs->nhdrs; i++)
+		if (hdr_is(&rs->hdrs[i], "transfer-encoding") &&
+		    !http1_token_eq(rs->hdrs[i].value, rs->hdrs[i].value_len, "chunked"))
+			return 1;
 	return 0;
 }
 
@@ -1423,6 +1448,10 @@ static int process_response_head(struct client *cl)
 	}
 	if (r < 0) {
 		cl->reason = "invalid response from backend";
+		return -1;
+	}
+	if (resp_te_unsupported(rs)) {
+		cl->reason = "unsupported transfer coding from backend";
 		return -1;
 	}
 	if (rs->status >= 100 && rs->status < 200 && rs->status != 101) {
@@ -2272,6 +2301,9 @@ static void upstream_timer_cb(struct ev_loop *loop, struct ev_timer *t)
 		upstream_close(up);
 		return;
 	}
+	/* a pooled connection whose backend is slow is not a stale one: the
+	 * request reached it, so it is not sent a second time */
+	up->reused = 0;
 	upstream_failed(cl, 504,
 			up->state == UP_CONNECTING  ? "backend connect timeout"
 			: up->state == UP_HANDSHAKE ? "TLS handshake timeout"

@@ -444,8 +444,11 @@ static int expand(const char *tpl, const struct rule_ctx *cur, const struct caps
 				caps_get(r, ref.idx, &v, &vl);
 			else if (ref.kind == REF_C)
 				caps_get(c, ref.idx, &v, &vl);
-			else if (rules_var(cur, ref.name, ref.name_len, &v, &vl) != 0 || !v)
-				vl = 0; /* a missing header expands to "" */
+			else if (rules_var(cur, ref.name, ref.name_len, &v, &vl) != 0 || !v) {
+				/* a missing header expands to "" (rules_var left v unset) */
+				v = "";
+				vl = 0;
+			}
 			s = end;
 		}
 		if (vl >= cap - n)

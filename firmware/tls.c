@@ -709,10 +709,21 @@ const char *tls_handshake_failure(SSL *ssl, const char *peer)
 	static char buf[256];
 	long v = SSL_get_verify_result(ssl);
 	unsigned long e = ERR_peek_last_error();
+	const char *data;
+	char token[128] = "";
+	int flags;
 
+	/* a failed token signature says why deep in the queue ("PKCS#11
+	 * signature on the token: CKR_..."), under OpenSSL's "EVP lib"; the
+	 * text is copied before the entry leaves the queue */
+	while (ERR_get_error_all(NULL, NULL, NULL, &data, &flags) != 0)
+		if (!token[0] && (flags & ERR_TXT_STRING) && data && !strncmp(data, "PKCS#11", 7))
+			snprintf(token, sizeof(token), "%s", data);
 	if (v != X509_V_OK) {
 		snprintf(buf, sizeof(buf), "%s certificate rejected: %s", peer,
 			 X509_verify_cert_error_string(v));
+	} else if (token[0]) {
+		snprintf(buf, sizeof(buf), "TLS handshake failed: %s", token);
 	} else if (e) {
 		snprintf(buf, sizeof(buf), "TLS handshake failed: %s",
 			 ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "unknown");

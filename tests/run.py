@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Farmgate test runner (make test / test-unit / test-integration).
 
-    tests/run.py --build DIR [--asan-build DIR] [--only unit|integration] [--filter REGEX]
+    tests/run.py --build DIR [--asan-build DIR] [--fuzz-build DIR]
+                 [--only unit|integration|fuzz] [--filter REGEX]
 
 unit:        every DIR/tests/test_* cmocka binary (then the ASan build's), one
              line per binary; cmocka tests are counted one by one.
@@ -9,6 +10,11 @@ integration: every top-level test_* function of tests/integration/test_*.py,
              each in its own process with a fresh harness.Env, against
              DIR/farmgated and then against the ASan build's farmgated
              (@release_only tests are skipped there). 300 s per test.
+fuzz:        with --fuzz-build DIR, for every tests/fuzz/fuzz_<name>.c:
+             fuzz.<name>.regress runs DIR/fuzz_<name> once over each file of
+             tests/fuzz/regress/<name>/ and the seed corpus; fuzz.<name>
+             fuzzes for FARMGATE_FUZZ_TIME seconds (60) from a fresh copy of
+             the seeds, and fails on a non-zero exit or any crash file.
 
 The last line is exactly "N passed, N failed"; the exit status is 0 iff
 nothing failed and something passed.
@@ -130,6 +136,128 @@ def run_unit_suite(build, label, env_extra, flt):
             tail = [l for l in out.splitlines() if l.strip()][-12:]
             for l in tail:
                 say("    " + l)
+    return passed, failed
+
+
+# --------------------------------------------------------------------------
+# fuzz tests (libFuzzer harnesses, tests/fuzz/)
+# --------------------------------------------------------------------------
+
+FUZZ_SRC = os.path.join(HERE, "fuzz")
+FUZZ_TIME = int(os.environ.get("FARMGATE_FUZZ_TIME", "60"))
+RX_FUZZ_STATS = re.compile(r"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+).*?exec/s: (\d+)", re.M)
+RX_SAN_START = re.compile(r"^(==\d+==ERROR|.*runtime error:|.*invariant failed:|==\d+== ERROR: libFuzzer)",
+                          re.M)
+
+
+def fuzz_options(name):
+    """The harness's libFuzzer options from tests/fuzz/fuzz_<name>.options
+    (the file the Makefile's fuzz target reads too): ["-dict=...", ...]."""
+    opts = []
+    try:
+        with open(os.path.join(FUZZ_SRC, "fuzz_%s.options" % name)) as f:
+            for line in f:
+                k, sep, v = line.partition("=")
+                if not sep or line.startswith("["):
+                    continue
+                k, v = k.strip(), v.strip()
+                if k == "dict":
+                    v = os.path.join(FUZZ_SRC, v)
+                opts.append("-%s=%s" % (k, v))
+    except OSError:
+        pass
+    return opts
+
+
+def fuzz_files(d):
+    """The input files of a corpus or regression directory (not its README)."""
+    if not os.path.isdir(d):
+        return []
+    return [os.path.join(d, n) for n in sorted(os.listdir(d))
+            if os.path.isfile(os.path.join(d, n)) and n != "README.md"]
+
+
+def fuzz_report(out, crashes):
+    """The lines a failure shows: the crash files, then the report's start."""
+    lines = ["crash: %s" % c for c in crashes]
+    m = RX_SAN_START.search(out)
+    tail = out[m.start():].splitlines() if m else out.splitlines()[-12:]
+    return lines + tail[:14]
+
+
+def run_fuzz_one(binary, args, timeout):
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([binary] + args, capture_output=True, timeout=timeout, cwd=ROOT,
+                           stdin=subprocess.DEVNULL)
+        out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+        rc = p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = ((e.stdout or b"") + (e.stderr or b"")).decode("utf-8", "replace")
+        rc = "timeout after %ds" % timeout
+    return rc, out, time.monotonic() - t0
+
+
+FUZZ_JOBS = 2  # timed runs side by side: one core each, nothing else runs meanwhile
+
+
+def fuzz_test(binary, name, tid, tmpbase):
+    """One fuzz test: (passed, lines to show)."""
+    seeds = os.path.join(FUZZ_SRC, "corpus", name)
+    regress = os.path.join(FUZZ_SRC, "regress", name)
+    if not os.access(binary, os.X_OK):
+        return False, ["FAIL %s: %s does not exist (make fuzz-build)" % (tid, binary)]
+    tmp = os.path.join(tmpbase, tid)
+    crash_dir = os.path.join(tmp, "crashes")
+    os.makedirs(crash_dir, exist_ok=True)
+    if tid.endswith(".regress"):
+        # every reproducer and seed once: must all pass
+        files = fuzz_files(regress) + fuzz_files(seeds)
+        rc, out, dt = run_fuzz_one(binary, ["-runs=0", "-artifact_prefix=%s/" % crash_dir] + files,
+                                   UNIT_TIMEOUT)
+        what = "%d inputs" % len(files)
+    else:
+        corpus = os.path.join(tmp, "corpus")
+        shutil.copytree(seeds, corpus)
+        args = fuzz_options(name) + [
+            "-rss_limit_mb=2048", "-max_total_time=%d" % FUZZ_TIME, "-print_final_stats=1",
+            "-artifact_prefix=%s/" % crash_dir, corpus] + ([regress] if os.path.isdir(regress) else [])
+        rc, out, dt = run_fuzz_one(binary, args, FUZZ_TIME + UNIT_TIMEOUT)
+        m = RX_FUZZ_STATS.search(out)
+        what = ("%s runs, %s exec/s, cov %s ft %s" % (m.group(1), m.group(4), m.group(2), m.group(3))
+                if m else "no final stats")
+    crashes = [os.path.join(crash_dir, n) for n in sorted(os.listdir(crash_dir))]
+    if rc == 0 and not crashes:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True, ["PASS %s: %s (%.1fs)" % (tid, what, dt)]
+    with open(os.path.join(tmp, "output.txt"), "w") as f:
+        f.write(out)
+    return False, (["FAIL %s: exit status %s, %d crash file(s) (%.1fs)" % (tid, rc, len(crashes), dt)] +
+                   ["    " + l[:400] for l in fuzz_report(out, crashes)] +
+                   ["    (files kept in %s; tests/fuzz/README.md: crashes become regressions)" % tmp])
+
+
+def run_fuzz_suite(fuzz_build, flt, tmpbase):
+    from concurrent.futures import ThreadPoolExecutor
+    shown = os.path.relpath(fuzz_build, ROOT)
+    say("== fuzz (%s, %d s each, %d at a time) ==" % (fuzz_build if shown.startswith("..") else shown,
+                                                      FUZZ_TIME, FUZZ_JOBS))
+    names = sorted(n[5:-2] for n in os.listdir(FUZZ_SRC) if n.startswith("fuzz_") and n.endswith(".c"))
+    jobs = [(os.path.join(fuzz_build, "fuzz_" + name), name, tid) for name in names
+            for tid in ("fuzz.%s.regress" % name, "fuzz.%s" % name) if not flt or re.search(flt, tid)]
+    passed = failed = 0
+    # the reproducers first, one by one (seconds); then the timed runs side by side
+    quick = [j for j in jobs if j[2].endswith(".regress")]
+    timed = [j for j in jobs if not j[2].endswith(".regress")]
+    results = [fuzz_test(b, n, t, tmpbase) for b, n, t in quick]
+    with ThreadPoolExecutor(max_workers=FUZZ_JOBS) as ex:
+        futures = [ex.submit(fuzz_test, b, n, t, tmpbase) for b, n, t in timed]
+        results += [f.result() for f in futures]
+    for ok, lines in results:
+        passed += ok
+        failed += not ok
+        for l in lines:
+            say(l)
     return passed, failed
 
 
@@ -331,11 +459,20 @@ def run_integration_suite(farmgated, build, asan, flt, tmpbase, keep):
     return passed, failed
 
 
+def drop_if_empty(tmpbase, what):
+    """Removes a tier's temp dir when no test kept files there; says where they are if one did."""
+    if not os.listdir(tmpbase):
+        os.rmdir(tmpbase)
+    else:
+        say("(%s kept in %s)" % (what, tmpbase))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", help="release build directory (holds farmgated and tests/)")
     ap.add_argument("--asan-build", help="ASan/UBSan build directory")
-    ap.add_argument("--only", choices=("unit", "integration"))
+    ap.add_argument("--fuzz-build", help="libFuzzer harness directory (make fuzz-build: $(O)/fuzz)")
+    ap.add_argument("--only", choices=("unit", "integration", "fuzz"))
     ap.add_argument("--filter", help="regex: unit binaries / integration module.test names")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs of passing tests too")
     # internal: one integration test in this process
@@ -361,6 +498,16 @@ def main():
             p, f = run_unit_suite(asan_build, "asan-unit", ASAN_ENV, a.filter)
             passed += p
             failed += f
+    if a.only in (None, "fuzz") and (a.fuzz_build or a.only == "fuzz"):
+        if not a.fuzz_build:
+            ap.error("--only fuzz needs --fuzz-build")
+        tmpbase = tempfile.mkdtemp(prefix="farmgate-fuzz-")
+        try:
+            p, f = run_fuzz_suite(os.path.abspath(a.fuzz_build), a.filter, tmpbase)
+            passed += p
+            failed += f
+        finally:
+            drop_if_empty(tmpbase, "fuzz files")
     if a.only in (None, "integration"):
         tmpbase = tempfile.mkdtemp(prefix="farmgate-it-")
         os.chmod(tmpbase, 0o755)
@@ -374,10 +521,7 @@ def main():
                 passed += p
                 failed += f
         finally:
-            if not os.listdir(tmpbase):
-                os.rmdir(tmpbase)
-            else:
-                say("(test files kept in %s)" % tmpbase)
+            drop_if_empty(tmpbase, "test files")
     say("(%.0fs)" % (time.monotonic() - t0))
     say("%d passed, %d failed" % (passed, failed))
     return 0 if failed == 0 and passed > 0 else 1

@@ -447,6 +447,129 @@ def rows():
       b"GET /pc2 HTTP/1.1\r\n" + H + b"\r\nGET /pc3 HTTP/1.1\r\n" + H + b"\r\n",
       [Fwd("POST", "/pc1", body=b"abc", chunked=True), Fwd("GET", "/pc2"), Fwd("GET", "/pc3")])
 
+    # ---- more CL.TE / TE.CL / TE.TE --------------------------------------------------
+    R("te_identity_with_cl", post_cl(b"/ti", b"5", b"hello", b"Transfer-Encoding: identity\r\n"), 400)
+    R("te_empty_value_with_cl", post_cl(b"/tev", b"5", b"hello", b"Transfer-Encoding: \r\n"), 400)
+    R("te_empty_value", post_chunked(b"/te", GOOD_CHUNKS).replace(b": chunked", b": "), 400)
+    R("te_cl_smuggled_prefix", b"POST /tecl2 HTTP/1.1\r\n" + H + b"Content-Length: 4\r\n"
+      b"Transfer-Encoding: chunked\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n", 400)
+    R("te_chunked_trailing_comma", post_chunked(b"/tc", GOOD_CHUNKS).replace(b": chunked", b": chunked,"), 400)
+    R("te_chunked_with_param", post_chunked(b"/tp", GOOD_CHUNKS).replace(b": chunked", b": chunked;q=1"), 501)
+    R("te_quoted_chunked", post_chunked(b"/tq", GOOD_CHUNKS).replace(b": chunked", b': "chunked"'), 501)
+    R("te_gzip_chunked", post_chunked(b"/tg", GOOD_CHUNKS).replace(b": chunked", b": gzip, chunked"), 501)
+    R("te_chunked_nul", post_chunked(b"/tn", GOOD_CHUNKS).replace(b": chunked", b": chunked\x00"), 400)
+    R("te_bare_cr_in_value", post_chunked(b"/tcr", GOOD_CHUNKS).replace(b": chunked", b": chun\rked"), 400)
+
+    # ---- more Content-Length ---------------------------------------------------------
+    A("cl_tab_ows", post_cl(b"/ctab", b"\t5\t", b"hello"), [Fwd("POST", "/ctab", body=b"hello")])
+    A("cl_list_three_equal", post_cl(b"/c3", b"5,5,5", b"hello"), [Fwd("POST", "/c3", body=b"hello")])
+    A("cl_list_ows_around_commas", post_cl(b"/cows", b"5 ,  5", b"hello"), [Fwd("POST", "/cows", body=b"hello")])
+    A("cl_duplicate_single_and_list", post_cl(b"/cdl", b"5", b"hello", b"Content-Length: 5, 5\r\n"),
+      [Fwd("POST", "/cdl", body=b"hello")])
+    A("cl_zero_on_get", b"GET /g0 HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n\r\n", [Fwd("GET", "/g0", body=b"")])
+    R("cl_list_leading_comma", post_cl(b"/c", b",5", b"hello"), 400)
+    R("cl_list_zero_and_five", post_cl(b"/c", b"0, 5", b"hello"), 400)
+    R("cl_decimal_point", post_cl(b"/c", b"5.0", b"hello"), 400)
+    R("cl_exponent", post_cl(b"/c", b"5e0", b"hello"), 400)
+    R("cl_fullwidth_digit", post_cl(b"/c", b"\xef\xbc\x95", b"hello"), 400)
+    R("cl_nul_after_digits", post_cl(b"/c", b"5\x00", b"hello"), 400)
+    R("cl_vertical_tab", post_cl(b"/c", b"\x0b5", b"hello"), 400)
+    R("cl_duplicate_one_empty", post_cl(b"/c", b"5", b"hello", b"Content-Length: \r\n"), 400)
+    R("cl_nineteen_digits", post_cl(b"/c", b"0" * 18 + b"5", b"hello"), 400)
+    R("cl_obs_fold_value", b"POST /cf HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n 0\r\n\r\nhello", 400)
+
+    # ---- more chunk sizes, extensions and trailers ----------------------------------
+    A("chunk_size_mixed_case_hex", post_chunked(b"/mc", b"aB\r\n" + b"m" * 0xab + b"\r\n0\r\n\r\n"),
+      [Fwd("POST", "/mc", body=b"m" * 0xab, chunked=True)])
+    A("chunk_size_16_digits_leading_zeros", post_chunked(b"/z16", b"0" * 15 + b"5\r\nhello\r\n0\r\n\r\n"),
+      [Fwd("POST", "/z16", body=b"hello", chunked=True)])
+    A("chunk_ext_tab_bws", post_chunked(b"/etab", b"5\t;a=b\r\nhello\r\n0\r\n\r\n"),
+      [Fwd("POST", "/etab", body=b"hello", chunked=True)])
+    A("chunk_ext_many", post_chunked(b"/emany", b"5;a;b=1;c=\"2\";d\r\nhello\r\n0\r\n\r\n"),
+      [Fwd("POST", "/emany", body=b"hello", chunked=True)])
+    A("chunk_trailer_framing_fields_dropped",
+      post_chunked(b"/tfd", chunk(b"data") + b"0\r\nContent-Length: 50\r\nTransfer-Encoding: x\r\n\r\n"),
+      [Fwd("POST", "/tfd", body=b"data", chunked=True)])
+    R("chunk_size_17_digits", post_chunked(b"/c", b"0" * 16 + b"5\r\nhello\r\n0\r\n\r\n"), 400)
+    R("chunk_size_2_pow_64", post_chunked(b"/c", b"10000000000000000\r\nhello\r\n0\r\n\r\n"), 400)
+    R("chunk_size_plus", post_chunked(b"/c", b"+5\r\nhello\r\n0\r\n\r\n"), 400)
+    R("chunk_size_cr_cr_lf", post_chunked(b"/c", b"5\r\r\nhello\r\n0\r\n\r\n"), 400)
+    R("chunk_ext_huge", post_chunked(b"/c", b"5;a=" + b"x" * 5000 + b"\r\nhello\r\n0\r\n\r\n"), 400)
+    R("chunk_ext_quoted_crlf", post_chunked(b"/c", b'5;a="x\r\ny"\r\nhello\r\n0\r\n\r\n'), 400)
+    R("chunk_ext_bare_lf", post_chunked(b"/c", b"5;a=b\nhello\r\n0\r\n\r\n"), 400)
+    R("chunk_last_chunk_bare_lf", post_chunked(b"/c", b"5\r\nhello\r\n0\n\r\n"), 400)
+    R("chunk_final_line_bare_lf", post_chunked(b"/c", b"5\r\nhello\r\n0\r\n\n"), 400)
+    R("chunk_trailer_bare_lf", post_chunked(b"/c", b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n"), 400)
+    R("chunk_trailer_nul", post_chunked(b"/c", b"5\r\nhello\r\n0\r\nX-T: a\x00b\r\n\r\n"), 400)
+    R("chunk_zero_with_data", post_chunked(b"/c", b"0\r\nhello\r\n\r\n"), 400)
+    R("chunk_trailer_space_before_colon", post_chunked(b"/c", b"5\r\nhello\r\n0\r\nX-T : 1\r\n\r\n"), 400)
+
+    # ---- more line endings and control bytes ------------------------------------------
+    R("bare_cr_in_header_name", b"GET /cr HTTP/1.1\r\n" + H + b"X\rA: 1\r\n\r\n", 400)
+    R("bare_lf_in_header_value", b"GET /lf HTTP/1.1\r\n" + H + b"X-A: a\nb\r\n\r\n", 400)
+    R("cr_at_start_of_field_line", b"GET /cr HTTP/1.1\r\n" + H + b"\rX-A: 1\r\n\r\n", 400)
+    R("lf_cr_line_end", b"GET /lfcr HTTP/1.1\n\r" + H + b"\r\n", 400)
+    R("nul_in_method", b"G\x00T / HTTP/1.1\r\n" + H + b"\r\n", 400)
+    R("nul_in_version", b"GET / HTTP/1.1\x00\r\n" + H + b"\r\n", 400)
+    R("nul_in_host", b"GET / HTTP/1.1\r\nHost: web.local\x00.evil\r\n\r\n", 400)
+    R("esc_in_header_value", b"GET /n HTTP/1.1\r\n" + H + b"X-A: a\x1b[0mb\r\n\r\n", 400)
+    R("ctl_in_header_name", b"GET /n HTTP/1.1\r\n" + H + b"X\x01A: 1\r\n\r\n", 400)
+    R("space_in_target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400)
+
+    # ---- more absolute-form and Host -----------------------------------------------
+    A("absolute_form_https", b"GET https://web.local/s HTTP/1.1\r\n" + H + b"\r\n", [Fwd("GET", "/s")])
+    A("absolute_form_uppercase_scheme", b"GET HTTP://web.local/u HTTP/1.1\r\n" + H + b"\r\n", [Fwd("GET", "/u")])
+    A("absolute_form_port_conflicting_host", b"GET http://web.local:8080/p HTTP/1.1\r\nHost: other.example\r\n\r\n",
+      [Fwd("GET", "/p", host="web.local:8080")])
+    A("absolute_form_ipv6", b"GET http://[::1]:8080/v6 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+      [Fwd("GET", "/v6", host="[::1]:8080")])
+    R("absolute_form_userinfo_password", b"GET http://user:pw@web.local/ HTTP/1.1\r\n" + H + b"\r\n", 400)
+    R("absolute_form_missing_host_http11", b"GET http://web.local/x HTTP/1.1\r\n\r\n", 400)
+    R("absolute_form_empty_authority", b"GET http:///x HTTP/1.1\r\n" + H + b"\r\n", 400)
+    R("absolute_form_two_host_headers", b"GET http://web.local/x HTTP/1.1\r\n" + H + b"Host: b.example\r\n\r\n", 400)
+    R("absolute_form_bad_authority_char", b"GET http://we<b.local/ HTTP/1.1\r\n" + H + b"\r\n", 400)
+    # "//web.local/x" is an origin-form path with an empty first segment, not an authority
+    A("origin_form_double_slash", b"GET //web.local/x HTTP/1.1\r\n" + H + b"\r\n", [Fwd("GET", "//web.local/x")])
+    R("empty_host_http11", b"GET /eh HTTP/1.1\r\nHost: \r\n\r\n", 400)
+    R("empty_host_and_real_host", b"GET /eh HTTP/1.1\r\nHost: \r\n" + H + b"\r\n", 400)
+    A("host_ipv4_with_port", b"GET /h4 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
+      [Fwd("GET", "/h4", host="127.0.0.1:80")])
+    A("host_ipv6_literal", b"GET /h6 HTTP/1.1\r\nHost: [::1]\r\n\r\n", [Fwd("GET", "/h6", host="[::1]")])
+    R("host_with_angle_bracket", b"GET /h HTTP/1.1\r\nHost: web<local\r\n\r\n", 400)
+    R("host_with_backslash", b"GET /h HTTP/1.1\r\nHost: web.local\\evil\r\n\r\n", 400)
+    R("host_with_question_mark", b"GET /h HTTP/1.1\r\nHost: web.local?x\r\n\r\n", 400)
+    R("host_port_not_digits", b"GET /h HTTP/1.1\r\nHost: web.local:8a\r\n\r\n", 400)
+    R("host_non_ascii", b"GET /h HTTP/1.1\r\nHost: w\xe9b.local\r\n\r\n", 400)
+    R("host_with_tab_inside", b"GET /h HTTP/1.1\r\nHost: web\tlocal\r\n\r\n", 400)
+
+    # ---- more limits -------------------------------------------------------------------
+    # a request line counts its CRLF: 5 + 1008 + 11 = 1024 bytes is the largest allowed
+    A("request_line_at_limit", b"GET /" + b"c" * 1008 + b" HTTP/1.1\r\n" + H + b"\r\n",
+      [Fwd("GET", "/" + "c" * 1008)])
+    R("request_line_one_over_limit", b"GET /" + b"c" * 1009 + b" HTTP/1.1\r\n" + H + b"\r\n", 414)
+    R("method_longer_than_line_limit", b"M" * 1100 + b" / HTTP/1.1\r\n" + H + b"\r\n", 414)
+    R("headers_one_over_limit", b"GET /many HTTP/1.1\r\n" + H + b"".join(b"X-H%02d: 1\r\n" % i for i in range(20)) +
+      b"\r\n", 431)
+    R("one_header_value_too_large", b"GET /big HTTP/1.1\r\n" + H + b"X-Big: " + b"v" * 5000 + b"\r\n\r\n", 431)
+    R("empty_fields_over_count", b"GET /e HTTP/1.1\r\n" + H + b"X-E:\r\n" * 20 + b"\r\n", 431)
+
+    # ---- more methods and versions ------------------------------------------------------
+    A("method_with_dash", b"M-SEARCH /ms HTTP/1.1\r\n" + H + b"\r\n", [Fwd("M-SEARCH", "/ms")])
+    A("put_with_body", b"PUT /put HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc",
+      [Fwd("PUT", "/put", body=b"abc")])
+    A("delete_no_body", b"DELETE /del HTTP/1.1\r\n" + H + b"\r\n", [Fwd("DELETE", "/del")])
+    R("method_empty", b" / HTTP/1.1\r\n" + H + b"\r\n", 400)
+    R("method_non_ascii", b"G\xc9T / HTTP/1.1\r\n" + H + b"\r\n", 400)
+    R("method_lowercase_connect_authority", b"connect web.local:443 HTTP/1.1\r\nHost: web.local:443\r\n\r\n", 400)
+    R("version_leading_zero_minor", b"GET / HTTP/1.01\r\n" + H + b"\r\n", 400)
+    R("version_http3_no_minor", b"GET / HTTP/3\r\n" + H + b"\r\n", 400)
+    R("version_two_digit_major", b"GET / HTTP/10.0\r\n" + H + b"\r\n", 400)
+    R("version_missing_after_space", b"GET / \r\n" + H + b"\r\n", 400)
+    R("version_mixed_case", b"GET / Http/1.1\r\n" + H + b"\r\n", 400)
+    R("h2_prior_knowledge_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, probe=False)
+    A("expect_100_chunked_body_sent_at_once", post_chunked(b"/exc", GOOD_CHUNKS, b"Expect: 100-continue\r\n"),
+      [Fwd("POST", "/exc", body=b"hello", chunked=True)])
+
     # ---- incomplete requests: 408 ---------------------------------------------------------
     t.append(Stall("cl_body_shorter_than_declared", post_cl(b"/short", b"10", b"hello")))
     t.append(Stall("chunk_data_shorter_than_declared", post_chunked(b"/shortc", b"10\r\nhello")))

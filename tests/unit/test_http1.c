@@ -740,7 +740,7 @@ static const struct resp_case valid_resps[] = {
 	 0, 500, 1, HTTP_BODY_UNTIL_EOF, 0, 0, 0, "Erreur\tinterne \xe9"},
 	{"cl list", S("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n"), HTTP_M_GET, 0, 200, 1,
 	 HTTP_BODY_LENGTH, 7, 0, 1, "OK"},
-	{"status 999", S("HTTP/1.1 999 Odd\r\n\r\n"), HTTP_M_GET, 0, 999, 1, HTTP_BODY_UNTIL_EOF, 0,
+	{"status 599", S("HTTP/1.1 599 Odd\r\n\r\n"), HTTP_M_GET, 0, 599, 1, HTTP_BODY_UNTIL_EOF, 0,
 	 0, 0, "Odd"},
 	{"http/1.1 response to head with two heads",
 	 S("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"), HTTP_M_HEAD, 38,
@@ -877,6 +877,39 @@ static void test_response_malformed_table(void **state)
 					      hdrs);
 
 		EXPECT_EQ(c->name, r, c->status);
+	}
+}
+
+/* RFC 9110 15: status codes live in 100..599; 600 and above are not
+ * responses a client could interpret, so the proxy answers 502. */
+static void test_response_status_range(void **state)
+{
+	static const struct {
+		const char *in;
+		size_t len;
+		int status;
+	} cases[] = {
+		{S("HTTP/1.1 100 Continue\r\n\r\n"), 100},
+		{S("HTTP/1.1 599 Custom\r\nContent-Length: 0\r\n\r\n"), 599},
+		{S("HTTP/1.1 600 High\r\nContent-Length: 0\r\n\r\n"), -502},
+		{S("HTTP/1.1 700 High\r\n\r\n"), -502},
+		{S("HTTP/1.1 999 High\r\n\r\n"), -502},
+	};
+	struct guard *g = *state;
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct http_resp resp;
+		struct http_hdr hdrs[MAX_HDRS];
+		int r = parse_resp_everywhere(g, cases[i].in, cases[i].in, cases[i].len, &DEF_LIM,
+					      HTTP_M_GET, &resp, hdrs);
+
+		if (cases[i].status < 0) {
+			EXPECT_EQ(cases[i].in, r, cases[i].status);
+		} else {
+			EXPECT_EQ(cases[i].in, r, (int)cases[i].len);
+			EXPECT_EQ(cases[i].in, resp.status, cases[i].status);
+		}
 	}
 }
 
@@ -1336,6 +1369,7 @@ int main(void)
 		cmocka_unit_test(test_request_mutations),
 		cmocka_unit_test(test_response_valid_table),
 		cmocka_unit_test(test_response_malformed_table),
+		cmocka_unit_test(test_response_status_range),
 		cmocka_unit_test(test_response_framing_matrix),
 		cmocka_unit_test(test_chunked_table),
 		cmocka_unit_test(test_chunked_every_split),

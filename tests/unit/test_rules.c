@@ -971,6 +971,36 @@ static void test_header_variable_underscore_dash(void **state)
 	assert_string_equal(f->res.url, "/v/[real]/[]");
 }
 
+/* Zeroes stack below the caller, so what a callee leaves uninitialised is NULL
+ * (as fuzz_rules met it) instead of whatever an earlier call left there. */
+static void __attribute__((noinline)) scrub_stack(void)
+{
+	volatile char junk[64 * 1024];
+	size_t i;
+
+	for (i = 0; i < sizeof(junk); i++)
+		junk[i] = 0;
+}
+
+/* An absent header in a template expands to "", never from an unset pointer
+ * (memcpy(out, NULL, 0) is undefined: UBSan aborts the ASan build). A
+ * condition on a header most requests lack is the everyday case. Found by
+ * fuzz_rules (tests/fuzz/regress/rules/missing-header-template). */
+static void test_missing_header_expands_from_empty_string(void **state)
+{
+	struct fx *f = *state;
+	struct rule *r;
+
+	r = add_rule(f, RULE_SYNTAX_ECMASCRIPT, ".*", RULE_ACT_REDIRECT, "{HTTP_X_ABSENT}/a");
+	r->action.append_query_string = 0;
+	add_cond(r, "{HTTP_X_FORWARDED_PROTO}", "^$");
+	compile_all(f);
+	set_req(f, "h", "/", "");
+	scrub_stack();
+	assert_int_equal(eval(f), RULES_REDIRECT);
+	assert_string_equal(f->res.url, "/a");
+}
+
 static void test_https_and_remote_addr(void **state)
 {
 	struct fx *f = *state;
@@ -1276,6 +1306,7 @@ int main(void)
 		T(test_disabled_rule_skipped),
 		T(test_no_rule_matches),
 		T(test_header_variable_underscore_dash),
+		T(test_missing_header_expands_from_empty_string),
 		T(test_https_and_remote_addr),
 		T(test_rules_var),
 		T(test_buffer_too_small),
