@@ -123,6 +123,7 @@ class _Load:
         return [r for r in self.rec if a <= r[0] < b and (farm is None or r[1] == farm)]
 
 
+@release_only  # fault windows of a few seconds: under ASan the load is too slow to fill them
 def test_token_outage_and_sign_errors_during_traffic(env):
     ca, tok, cert = ut.identity(env, "ec256", "appliance")
     tok.use_shim()
@@ -298,7 +299,9 @@ def test_kill9_during_config_saves(env):
           "landed inside the save/apply: %d (%s); stray temporary names: %s" % (
               rounds, elapsed, save_s * 1000, outcome["old"], outcome["new"], landed,
               ", ".join("%s %d" % kv for kv in mid.items()), sorted(strays) or "none"))
-    assert landed >= 1, "none of %d kills landed inside a save" % rounds
+    # (under ASan a round is slower than the kill's random delay: few land mid-save; the file
+    # checks above still hold for every round)
+    assert landed >= 1 or env.asan, "none of %d kills landed inside a save" % rounds
 
 
 def _wait_control(path, proc, timeout=10.0):
