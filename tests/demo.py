@@ -61,6 +61,24 @@ def pick_port(first, tries=100):
     return harness.free_port()
 
 
+def prepare(build, run_dir, reachable):
+    """A fresh run_dir, the reachable directories opened to nginx's workers (nobody must
+    reach run_dir), SIGINT and SIGTERM recorded instead of raised. Returns (harness.Env,
+    stop) where stop["sig"] is the signal once one came."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    for d in reachable:
+        os.chmod(d, os.stat(d).st_mode | 0o055)
+    stop = {"sig": None}
+
+    def on_signal(signum, frame):
+        stop["sig"] = signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return harness.Env(os.path.join(build, "farmgated"), run_dir, build=build), stop
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", required=True)
@@ -72,21 +90,7 @@ def main():
         print("demo: %s not found; build it first (make all)" % binary, file=sys.stderr)
         return 1
     demo_dir = os.path.join(build, "demo")
-    run_dir = os.path.join(demo_dir, "run")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir)
-    for d in (build, demo_dir):
-        os.chmod(d, os.stat(d).st_mode | 0o055)  # nginx workers (nobody) must reach run/
-
-    stop = {"sig": None}
-
-    def on_signal(signum, frame):
-        stop["sig"] = signum
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-    env = harness.Env(binary, run_dir, build=build)
+    env, stop = prepare(build, os.path.join(demo_dir, "run"), (build, demo_dir))
     fg = None
     code = 0
     try:

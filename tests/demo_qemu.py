@@ -20,8 +20,6 @@ import argparse
 import os
 import secrets
 import select
-import shutil
-import signal
 import sys
 import termios
 import time
@@ -33,7 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "integration"))
 sys.path.insert(0, HERE)
 import harness  # noqa: E402
 import pki  # noqa: E402
-from demo import HELLO, pick_port  # noqa: E402
+from demo import HELLO, pick_port, prepare  # noqa: E402
 from qemu import GUEST_HOST, Appliance, GuestMgmt, add_farm, token_client_cert  # noqa: E402
 
 
@@ -77,20 +75,7 @@ def main():
     a = ap.parse_args()
     build = os.path.abspath(a.build)
     run_dir = os.path.join(build, "qemu-x86_64", "run")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir)
-    for d in (build, os.path.dirname(run_dir), run_dir):
-        os.chmod(d, os.stat(d).st_mode | 0o055)  # nginx workers (nobody) must reach run/
-
-    stop = {"sig": None}
-
-    def on_signal(signum, frame):
-        stop["sig"] = signum
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-    env = harness.Env(os.path.join(build, "farmgated"), run_dir, build=build)
+    env, stop = prepare(build, run_dir, (build, os.path.dirname(run_dir)))
     app = None
     try:
         backends = []
