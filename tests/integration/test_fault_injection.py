@@ -203,6 +203,17 @@ def _read(path):
         return None
 
 
+def _complete_file(path, what):
+    """The configuration file's bytes; fails if it is gone or not whole JSON."""
+    now = _read(path)
+    assert now is not None, "%s: the configuration file is gone" % what
+    try:
+        json.loads(now)
+    except ValueError:
+        raise AssertionError("%s: torn configuration file: %r" % (what, now[:300]))
+    return now
+
+
 def _put_request(client, text):
     c = client
     hs = [("Cookie", "__Host-fgsid=" + c.sid), ("X-CSRF-Token", c.csrf), ("Origin", c.m.origin),
@@ -260,12 +271,7 @@ def test_kill9_during_config_saves(env):
         os.kill(m.pid, signal.SIGKILL)
         m.proc.wait(10)
         c.close()
-        now = _read(path)
-        assert now is not None, "round %d: the configuration file is gone" % i
-        try:
-            json.loads(now)
-        except ValueError:
-            raise AssertionError("round %d: torn configuration file: %r" % (i, now[:300]))
+        now = _complete_file(path, "round %d" % i)
         assert now in (old, new.encode()), "round %d: the file is neither the old nor the new one" % i
         left = {n for n in os.listdir(cdir) if n.startswith(base) and n.endswith(".tmp")}
         strays |= left
@@ -367,12 +373,7 @@ def test_kill9_farmgated_during_1000_saves(env):
             new = json.dumps(conf, indent=2)
             r = admin.put("/api/v1/config", new)
             codes[r.status] = codes.get(r.status, 0) + 1
-            now = _read(path)
-            assert now is not None, "save %d: the configuration file is gone" % i
-            try:
-                json.loads(now)
-            except ValueError:
-                raise AssertionError("save %d: torn configuration file: %r" % (i, now[:300]))
+            now = _complete_file(path, "save %d" % i)
             if r.status == 200:
                 assert now == new.encode(), "save %d: answered 200 but the file is not the new one" % i
             else:
