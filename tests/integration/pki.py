@@ -32,6 +32,32 @@ USER_PIN = "1234"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def client_env(extra=None):
+    """No proxies, no SOFTHSM2_CONF / OPENSSL_CONF of the test process."""
+    e = harness._clean_env(extra)
+    for k in ("SOFTHSM2_CONF", "OPENSSL_CONF"):
+        if not extra or k not in extra:
+            e.pop(k, None)
+    return e
+
+
+def s_client(port, args=(), name=None, request=None, timeout=20, env=None):
+    """openssl s_client -connect 127.0.0.1:<port> [-servername name | -noservername] args.
+    request (bytes): sent after the handshake (-ign_eof: waits until the server closes).
+    Returns (returncode, stdout + stderr text)."""
+    cmd = [OPENSSL, "s_client", "-connect", "127.0.0.1:%d" % port]
+    cmd += ["-servername", name] if name else ["-noservername"]
+    cmd += [str(a) for a in args]
+    if request is not None:
+        cmd.append("-ign_eof")
+    try:
+        p = subprocess.run(cmd, input=request or b"", capture_output=True, timeout=timeout,
+                           env=env or client_env())
+    except subprocess.TimeoutExpired:
+        raise AssertionError("openssl s_client did not finish within %ss: %s" % (timeout, " ".join(cmd)))
+    return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
+
+
 def run(cmd, env=None, cwd=None, timeout=60, check=True):
     """Runs cmd; returns (rc, stdout+stderr text). check: assert rc == 0. Fails on a
     sanitizer report (farmgatectl from the ASan build)."""

@@ -19,7 +19,8 @@ import time
 
 import harness
 from harness import CURL, http_request, make_config, parse_responses
-from pki import (OPENSSL, Pki, SoftToken, TlsNginx, parse_echo, pem_der, run)
+from pki import (OPENSSL, Pki, SoftToken, TlsNginx, client_env, parse_echo, pem_der, run,
+                 s_client)
 
 HOST = "fg.test"              # the name clients use (resolved to 127.0.0.1 by curl --resolve)
 SPOOF_B64 = base64.b64encode(b"forged certificate").decode()
@@ -28,15 +29,6 @@ SPOOF_B64 = base64.b64encode(b"forged certificate").decode()
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-def client_env(extra=None):
-    """No proxies, no SOFTHSM2_CONF / OPENSSL_CONF of the test process."""
-    e = harness._clean_env(extra)
-    for k in ("SOFTHSM2_CONF", "OPENSSL_CONF"):
-        if not extra or k not in extra:
-            e.pop(k, None)
-    return e
-
 
 class CurlResult:
     def __init__(self, cmd, p):
@@ -84,23 +76,6 @@ def tls_curl(port, path="/", ca=None, cert=None, key=None, badge=None, args=(), 
     except subprocess.TimeoutExpired:
         raise AssertionError("curl did not finish within %ss: %s" % (timeout + 10, " ".join(cmd)))
     return CurlResult(cmd, p)
-
-
-def s_client(port, args=(), name=None, request=None, timeout=20, env=None):
-    """openssl s_client -connect 127.0.0.1:<port> [-servername name | -noservername] args.
-    request (bytes): sent after the handshake (-ign_eof: waits until the server closes).
-    Returns (returncode, stdout + stderr text)."""
-    cmd = [OPENSSL, "s_client", "-connect", "127.0.0.1:%d" % port]
-    cmd += ["-servername", name] if name else ["-noservername"]
-    cmd += [str(a) for a in args]
-    if request is not None:
-        cmd.append("-ign_eof")
-    try:
-        p = subprocess.run(cmd, input=request or b"", capture_output=True, timeout=timeout,
-                           env=env or client_env())
-    except subprocess.TimeoutExpired:
-        raise AssertionError("openssl s_client did not finish within %ss: %s" % (timeout, " ".join(cmd)))
-    return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
 
 
 def peer_der(out):

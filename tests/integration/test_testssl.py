@@ -17,9 +17,11 @@ allowed but printed: BREACH ("gzip HTTP compression detected": the backend compr
 proxy relays it as is; see APP_FINDINGS). With Require, the checks that need application data
 (HTTP, client-initiated renegotiation, BREACH) cannot run and are WARNs that are expected
 (CLIENT_AUTH_NOT_APPLICABLE). testssl's session resumption probe has a race of its own with
-TLS 1.3 (RACY_WARNINGS): that part is re-run (testssl -S) before it counts. A few results the
-HTTPS listener contract implies are checked too (chain of trust, TLS 1.2 and 1.3 only, X25519,
-no client renegotiation, HSTS from the application reaching the client).
+TLS 1.3 (RACY_WARNINGS): the test's own deterministic check (settle_resumption: a request on
+each of two s_client connections) decides instead, and must see tickets resume over TLS 1.3
+and 1.2 and a session id over TLS 1.2. A few results the HTTPS listener contract implies are
+checked too (chain of trust, TLS 1.2 and 1.3 only, X25519, no client renegotiation, HSTS from
+the application reaching the client).
 
 Three runs (~1 minute each, release build only): RSA-2048 with clientCertificates Ignore,
 P-256 with Accept, RSA-2048 with Require. With the same PKI and backend behind Debian's
@@ -40,7 +42,7 @@ from mgmt_client import Mgmt
 from tlsbench_pki import OperatorPki
 from tlsbench_testssl import (APP_FINDINGS, CLIENT_AUTH_NOT_APPLICABLE, HOSTNAME,
                               REQUIRED_HTTP_IDS, REQUIRED_IDS, farmgated_config, fmt, judge,
-                              run_testssl_retrying, start_backend, summary)
+                              run_testssl_settled, start_backend, summary)
 
 
 def _https_get(fg, pki, *args):
@@ -80,11 +82,12 @@ def _scan(env, name, key_type, client_certificates):
     assert st == 200 and "content-encoding" not in hdrs, \
         "farmgated must not compress by itself (no Accept-Encoding): %s" % hdrs
 
-    res = run_testssl_retrying(env.path("testssl-" + name), HOSTNAME, fg.port, pki.root, name=name)
+    http = client_certificates != "Require"
+    res = run_testssl_settled(env.path("testssl-" + name), HOSTNAME, fg.port, pki.root, name=name,
+                              check_resumption=http)
     print("testssl against farmgated (%s, clientCertificates %s): %.0f s, exit %d\n%s"
           % (key_type, client_certificates, res.seconds, res.rc, summary(res)))
     fg.assert_alive()
-    http = client_certificates != "Require"
     bad, hits = judge(res.findings, APP_FINDINGS,
                       REQUIRED_IDS + (REQUIRED_HTTP_IDS if http else ()),
                       None if http else CLIENT_AUTH_NOT_APPLICABLE)
@@ -107,6 +110,11 @@ def _scan(env, name, key_type, client_certificates):
     expect("TLS1_3", ("OK",), r"^offered")
     expect("PFS_ECDHE_curves", ("OK",), r"X25519")
     if http:
+        for fid, got in sorted(res.resumption.items()):
+            for what, result in got:
+                if result != "Reused":
+                    bad.append({"id": fid, "severity": "EXPECTED Reused",
+                                "finding": "%s: %s" % (what, result)})
         expect("secure_client_renego", ("OK",), r"^not vulnerable")
         # HSTS is the application's, sent only when farmgated said X-Forwarded-Proto: https
         expect("HSTS_time", ("OK",), r"31536000")
@@ -166,7 +174,7 @@ def test_testssl_management_listener(env):
         json.dump(full, f)
     m = Mgmt(env, fg)
     m.start()
-    res = run_testssl_retrying(env.path("testssl-mgmt"), HOSTNAME, m.port, pki.root, name="mgmt")
+    res = run_testssl_settled(env.path("testssl-mgmt"), HOSTNAME, m.port, pki.root, name="mgmt")
     print("testssl against farmgate-mgmt (P-256): %.0f s, exit %d\n%s" % (res.seconds, res.rc, summary(res)))
     bad, hits = judge(res.findings, {}, REQUIRED_IDS + REQUIRED_HTTP_IDS)
     for fid, rx in (("cert_chain_of_trust", r"^passed"), ("TLS1_3", r"^offered"), ("TLS1_2", r"^offered"),

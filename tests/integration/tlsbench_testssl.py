@@ -1,6 +1,6 @@
 """Debian's testssl.sh (3.0.8) against an HTTPS listener, and how its findings are judged.
 
-    res = run_testssl_retrying(outdir, HOSTNAME, port, pki.root, name="x")
+    res = run_testssl_settled(outdir, HOSTNAME, port, pki.root, name="x")
     bad, allowed = judge(res.findings, allowed=APP_FINDINGS)
     print(summary(res))
 
@@ -78,12 +78,18 @@ CLIENT_AUTH_NOT_APPLICABLE = {
 }
 
 #: WARNs that come from a race in testssl 3.0.8's session resumption probe, not from the
-#: server: it runs `openssl s_client -sess_out F </dev/null`, and OpenSSL 3's s_client, at
-#: EOF on stdin right after a TLS 1.3 handshake, may close before the server's
-#: NewSessionTicket has arrived; F stays empty and the second connection (-sess_in F) fails,
-#: reported as "check failed because of connect problem" (seen against nginx too, 2 runs in
-#: 4). The same race makes sessionresumption_ID say "not supported" now and then (INFO).
-#: run_testssl_retrying re-runs the server-defaults part (-S) for these.
+#: server (testssl/testssl.sh issues 955, 1152): it runs `openssl s_client -sess_out F
+#: </dev/null` with the protocol of the first handshake that showed a ticket. Over TLS 1.3 the
+#: server's NewSessionTicket comes after the client's Finished, and s_client, at EOF on stdin,
+#: usually closes before it arrives (37 pairs in 40 against nginx 1.22 with Mozilla's
+#: settings, 38 in 40 against farmgated; 40 pairs of plain s_client runs): F stays empty,
+#: the second connection (-sess_in F) fails and testssl says "check failed because of connect
+#: problem". Whether it gets there at all depends on whether its earlier TLS 1.3 probe happened
+#: to see a ticket (otherwise it tests over TLS 1.2, where the ticket is part of the
+#: handshake), so a re-run is no cure: in one CI run three runs in a row lost. For these ids
+#: the verdict is the test's own deterministic check (settle_resumption), which asks the same
+#: question the way a browser does: a request on the first connection, whose answer comes
+#: after the ticket, then a second connection with that session.
 RACY_WARNINGS = {
     "sessionresumption_ticket": r"connect problem",
     "sessionresumption_ID": r"connect problem",
@@ -106,7 +112,8 @@ class TestsslResult:
         self.name, self.findings = name, findings
         self.json_path, self.log_path, self.out_path = json_path, log_path, out_path
         self.seconds, self.rc, self.cmd = seconds, rc, cmd
-        self.retries = []  # (ids, json path of the -S re-run that replaced them)
+        self.settled = []  # (id, the test's own resumption checks that replaced it)
+        self.resumption = {}  # id -> [(what, "Reused" / "New" / "failed: ...")] (settle_resumption)
 
     def by_id(self, fid):
         return [f for f in self.findings if f.get("id") == fid]
@@ -164,24 +171,73 @@ def run_testssl(outdir, host, port, ca_file, name="testssl", extra_args=(), time
     return TestsslResult(name, findings, json_path, log_path, out_path, seconds, rc, cmd)
 
 
-def run_testssl_retrying(outdir, host, port, ca_file, name="testssl", retries=2, timeout=190):
-    """run_testssl, then for a finding in RACY_WARNINGS up to `retries` re-runs of testssl
-    -S (server defaults, ~15 s) whose verdict on those ids replaces the first one's. Both
-    runs' files are kept."""
-    res = run_testssl(outdir, host, port, ca_file, name=name, timeout=timeout)
-    for i in range(retries):
-        racy = {f.get("id") for f in res.findings if f.get("severity") == "WARN"
-                and f.get("id") in RACY_WARNINGS
-                and re.search(RACY_WARNINGS[f["id"]], f.get("finding", ""))}
-        if not racy:
-            break
-        again = run_testssl(outdir, host, port, ca_file, name="%s-retry%d" % (name, i + 1),
-                            extra_args=["-S"], timeout=45)
-        repl = [f for f in again.findings if f.get("id") in racy]
-        got = {f.get("id") for f in repl}
-        res.findings = [f for f in res.findings if f.get("id") not in got] + repl
-        res.retries.append((sorted(racy), again.json_path))
+#: settle_resumption's checks: testssl's id -> [(s_client arguments, what "Reused" proves,
+#: what the first connection must show for it to count)]. Over TLS 1.2 a session without a
+#: ticket resumes by its id too: the ticket check needs the ticket.
+RESUMPTION_CHECKS = {
+    "sessionresumption_ticket": [
+        (["-tls1_3"], "TLSv1.3 ticket", r"^Post-Handshake New Session Ticket arrived"),
+        (["-tls1_2"], "TLSv1.2 ticket", r"TLS session ticket lifetime hint")],
+    "sessionresumption_ID": [
+        (["-tls1_2", "-no_ticket"], "TLSv1.2 session id", r"^\s*Session-ID: [0-9A-F]{64}")],
+}
+
+
+def resumption_pair(host, port, ca_file, args, sess, need):
+    """Two s_client connections to 127.0.0.1:port, each with one GET (Connection: close):
+    -sess_out sess, then -sess_in sess. Returns "Reused", "New" (also when the first
+    connection's output lacks the regex need: nothing to resume with) or "failed: <why>"."""
+    from pki import s_client
+    req = ("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode()
+    outs = []
+    for flag in ("-sess_out", "-sess_in"):
+        rc, out = s_client(port, ["-CAfile", ca_file, flag, sess] + list(args), name=host,
+                           request=req)
+        if rc != 0 or not re.search(r"^HTTP/1\.1 \d{3} ", out, re.M):
+            return "failed: s_client %s exit %d: %s" % (flag, rc, out[-300:].replace("\n", " | "))
+        outs.append(out)
+        if len(outs) == 1 and not re.search(need, out, re.M):
+            return "New"
+    m = re.search(r"^(Reused|New), TLSv1\.[23]", outs[1], re.M)
+    return m.group(1) if m else "failed: no Reused/New line: " + outs[1][-300:].replace("\n", " | ")
+
+
+def settle_resumption(res, host, port, ca_file, outdir, always=False):
+    """Runs RESUMPTION_CHECKS for each RACY_WARNINGS finding of res (for every id of
+    RESUMPTION_CHECKS if always) into res.resumption {id: [(what, result)]}, and replaces each
+    racy finding with their verdict: INFO "supported" when every check resumed, INFO "not
+    supported" when the server answered with a new session, WARN (fails judge) when a check
+    could not run. Records (id, results) of the replaced ones in res.settled."""
+    for fid, checks in RESUMPTION_CHECKS.items():
+        found = [i for i, f in enumerate(res.findings) if f.get("id") == fid]
+        racy = [i for i in found if res.findings[i].get("severity") == "WARN"
+                and re.search(RACY_WARNINGS[fid], res.findings[i].get("finding", ""))]
+        if not (racy or always):
+            continue
+        got = [(what, resumption_pair(host, port, ca_file, args,
+                                      os.path.join(outdir, "%s-%d.pem" % (fid, n)), need))
+               for n, (args, what, need) in enumerate(checks)]
+        res.resumption[fid] = got
+        told = "; ".join("%s: %s" % g for g in got)
+        if all(r == "Reused" for _, r in got):
+            verdict = ("INFO", "supported")
+        elif all(r in ("Reused", "New") for _, r in got):
+            verdict = ("INFO", "not supported")
+        else:
+            verdict = ("WARN", "testssl's probe lost its race and the test's own check failed")
+        for i in racy:
+            f = res.findings[i]
+            res.findings[i] = dict(f, severity=verdict[0], finding="%s (the test's own check, %s; "
+                                   "testssl said: %s)" % (verdict[1], told, f.get("finding")))
+            res.settled.append((fid, told))
     return res
+
+
+def run_testssl_settled(outdir, host, port, ca_file, name="testssl", timeout=190,
+                        check_resumption=False):
+    """run_testssl, then settle_resumption (always=check_resumption)."""
+    res = run_testssl(outdir, host, port, ca_file, name=name, timeout=timeout)
+    return settle_resumption(res, host, port, ca_file, outdir, always=check_resumption)
 
 
 def _tail(path, n=40):
@@ -228,10 +284,11 @@ def fmt(f):
 
 
 def summary(res, limit_sev=("LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN", "FATAL")):
-    """The findings worth a look, one per line (everything LOW and above), and the re-runs."""
+    """The findings worth a look, one per line (everything LOW and above), and the settled
+    resumption probes."""
     lines = [fmt(f) for f in res.findings if f.get("severity") in limit_sev]
-    lines += ["(re-ran testssl -S for %s after testssl's own race: %s)" % (", ".join(ids), p)
-              for ids, p in res.retries]
+    lines += ["(testssl's %s probe lost its race; the test's own check: %s)" % (fid, told)
+              for fid, told in res.settled]
     return "\n".join(lines)
 
 
@@ -384,7 +441,7 @@ def reference(args):
         ng = TlsProxyNginx(env, nginx_tls_proxy_body(app.port, cert, not a.mozilla_verbatim,
                                                      verify, pki.ca_bundle))
         ng.start()
-        res = run_testssl_retrying(os.path.join(tmp, "testssl"), HOSTNAME, ng.port, pki.root,
+        res = run_testssl_settled(os.path.join(tmp, "testssl"), HOSTNAME, ng.port, pki.root,
                                    name="nginx-" + a.client_certs.lower())
         req = a.client_certs == "Require"
         bad, hits = judge(res.findings, APP_FINDINGS,
