@@ -267,6 +267,13 @@ static int is_host_name(const char *s)
 	return 1;
 }
 
+/* The appliance's own name: a host name the kernel takes (sethostname(2):
+ * HOST_NAME_MAX, 64 bytes). */
+static int is_system_host_name(const char *s)
+{
+	return strlen(s) <= 64 && is_host_name(s);
+}
+
 static int is_ip_or_host_name(const char *s)
 {
 	return is_ip(s) || is_host_name(s);
@@ -1563,8 +1570,9 @@ static int set_mgmt(struct cfg_ctx *c, const struct json_value *v, void *base,
 /* ---- system: the appliance's operating-system settings ------------------ */
 
 static const struct str_check host_name_check = {
-	is_host_name, "must be a host name (RFC 1123: dot-separated labels of 1 to 63 letters, "
-		      "digits and '-', not starting or ending with '-'; 253 characters at most)"};
+	is_system_host_name,
+	"must be a host name (RFC 1123: dot-separated labels of 1 to 63 letters, digits and '-', "
+	"not starting or ending with '-'; 64 characters at most, the kernel's limit)"};
 static const struct str_check ifname_check = {
 	is_ifname, "must be a network interface name: 1 to 15 letters, digits, '_', '.' and '-'"};
 static const struct str_check ip_check = {is_ip, "must be a numeric IPv4 or IPv6 address"};

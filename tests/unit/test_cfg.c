@@ -542,7 +542,8 @@ static void test_timespan(void **state)
 
 #define SYS_HOST_MSG                                                                               \
 	"$.system.hostName: must be a host name (RFC 1123: dot-separated labels of 1 to 63 "       \
-	"letters, digits and '-', not starting or ending with '-'; 253 characters at most)"
+	"letters, digits and '-', not starting or ending with '-'; 64 characters at most, the "    \
+	"kernel's limit)"
 #define SYS_IF_MSG                                                                                 \
 	"$.system.network.interface: must be a network interface name: 1 to 15 letters, digits, "  \
 	"'_', '.' and '-'"
@@ -1102,15 +1103,19 @@ static void test_system_edges(void **state)
 	(void)state;
 	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
 		cfg_put(load_ok(ok[i]));
-	/* 253 characters (four labels of 63, dots) load; 254 do not */
+	/* 64 characters (the kernel's HOST_NAME_MAX) load; 65 do not, nor do the 253 that
+	 * DNS would take */
+	snprintf(json, sizeof(json), "{" LISTEN ",'system':{'hostName':'%.31s.%.32s'}}", LABEL63,
+		 LABEL63);
+	cfg = load_ok(json);
+	assert_int_equal(strlen(cfg->system.host_name), 64);
+	cfg_put(cfg);
+	snprintf(json, sizeof(json), "{" LISTEN ",'system':{'hostName':'%.32s.%.32s'}}", LABEL63,
+		 LABEL63);
+	load_err(json, err, sizeof(err));
+	assert_string_equal(err, SYS_HOST_MSG);
 	snprintf(json, sizeof(json), "{" LISTEN ",'system':{'hostName':'%s.%s.%s.%s'}}", LABEL63,
 		 LABEL63, LABEL63, "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghi");
-	cfg = load_ok(json);
-	assert_int_equal(strlen(cfg->system.host_name), 253);
-	cfg_put(cfg);
-	snprintf(json, sizeof(json), "{" LISTEN ",'system':{'hostName':'%s.%s.%s.%s'}}", LABEL63,
-		 LABEL63, LABEL63,
-		 "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghij");
 	load_err(json, err, sizeof(err));
 	assert_string_equal(err, SYS_HOST_MSG);
 }
