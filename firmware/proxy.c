@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -163,7 +164,8 @@ struct proxy {
 	struct list orphans;	/* upstreams */
 	struct list orphans_cl; /* clients */
 	unsigned int nclients;
-	uint64_t token_warn_ms; /* last "server key's token is down" warning */
+	unsigned int nclients_peak; /* since memory was last given back */
+	uint64_t token_warn_ms;	    /* last "server key's token is down" warning */
 	int stopping;
 	struct http_hdr resp_hdrs[RESP_MAX_HEADERS];
 	char scratch[16384]; /* rule results: used and copied within one call */
@@ -2515,11 +2517,37 @@ static struct listener *listener_find(const struct listener_cfg *lc)
 
 /* ---- public API ----------------------------------------------------------- */
 
+/* ---- memory after a burst ------------------------------------------------
+ * Connection buffers come from malloc, and after a burst (an attack of slow
+ * readers, a traffic peak) glibc keeps what was freed for reuse: RSS would
+ * stay at the peak. Once the connections have fallen to a quarter of their
+ * peak, malloc_trim() a second later gives the free pages back. */
+
+#define TRIM_MIN_PEAK 256 /* connections: below that, nothing worth a trim */
+#define TRIM_DELAY_MS 1000
+
+static struct ev_timer trim_timer;
+
+static void trim_cb(struct ev_loop *loop, struct ev_timer *t)
+{
+	(void)loop;
+	(void)t;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+	px.nclients_peak = px.nclients;
+}
+
 static void post_batch_check(struct ev_loop *loop)
 {
 	post_batch(loop);
 	if (px.stopping && !px.nclients)
 		loop->stop = 1;
+	if (px.nclients > px.nclients_peak)
+		px.nclients_peak = px.nclients;
+	else if (px.nclients_peak >= TRIM_MIN_PEAK && px.nclients <= px.nclients_peak / 4 &&
+		 !trim_timer.deadline)
+		ev_timer_set(loop, &trim_timer, loop->now_ms + TRIM_DELAY_MS);
 }
 
 int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errlen)
@@ -2535,6 +2563,7 @@ int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errl
 	list_init(&px.orphans);
 	list_init(&px.orphans_cl);
 	ev_timer_init(&accept_pause, accept_resume_cb);
+	ev_timer_init(&trim_timer, trim_cb);
 	loop->post_batch = post_batch_check;
 	if (lb_attach(cfg) == -1) {
 		snprintf(err, errlen, "out of memory");
@@ -2686,6 +2715,7 @@ void proxy_free(void)
 	}
 	post_batch(px.loop);
 	ev_timer_del(px.loop, &accept_pause);
+	ev_timer_del(px.loop, &trim_timer);
 	if (px.cfg)
 		cfg_put(px.cfg);
 	px.cfg = NULL;
