@@ -1324,12 +1324,15 @@ static int reverse_rewrite(const struct client *cl, const struct http_hdr *h, ch
 	return *n < outlen;
 }
 
-/* Builds the client's response head from the backend's. Returns 0, or -1 if
- * the output cannot take it yet (caller retries after a flush). */
+/* Builds the client's response head from the backend's: the final one, or
+ * an interim (1xx other than 101), which carries the backend's end-to-end
+ * fields and nothing of ours. Returns 0, or -1 if the output cannot take it
+ * yet (caller retries after a flush). */
 static int build_response_head(struct client *cl)
 {
 	const struct http_resp *rs = &cl->resp;
 	const struct farm *f = cl->farm;
+	int interim = rs->status < 200 && rs->status != 101;
 	int disable_affinity = 0, has_conn_tokens = 0;
 	unsigned int i;
 	char tmp[8192 + 64];
@@ -1380,6 +1383,10 @@ static int build_response_head(struct client *cl)
 			continue;
 		}
 		put_hdr(&cl->out, h->name, h->name_len, h->value, h->value_len);
+	}
+	if (interim) {
+		put_lit(&cl->out, "\r\n");
+		return 0;
 	}
 	if (f->affinity.use_cookie && !disable_affinity && rs->status != 101) {
 		i = snprintf(tmp, sizeof(tmp),
@@ -1457,7 +1464,12 @@ static int process_response_head(struct client *cl)
 		return -1;
 	}
 	if (rs->status >= 100 && rs->status < 200 && rs->status != 101) {
-		/* interim responses (100 Continue we answered ourselves) */
+		/* interim responses go on to HTTP/1.1 clients (RFC 9110 15.2: 103
+		 * Early Hints, 102 Processing), but 100 Continue: farmgated answers
+		 * Expect itself and does not forward it, so the backend's is not
+		 * the client's to see */
+		if (rs->status != 100 && cl->minor && build_response_head(cl) == -1)
+			return 0;
 		buf_consume(&up->in, r);
 		return 1;
 	}

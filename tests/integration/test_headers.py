@@ -147,6 +147,35 @@ def test_expect_header_not_forwarded(env):
     assert q.decoded == b"data", q
 
 
+def test_interim_responses_relayed_to_http11_clients(env):
+    """RFC 9110 15.2: a proxy forwards 1xx responses. 103 Early Hints and 102 Processing reach
+    an HTTP/1.1 client, in order, with their end-to-end fields and without hop-by-hop ones or
+    anything of farmgated's; 100 Continue does not (farmgated answers Expect itself and does
+    not forward it); an HTTP/1.0 client gets no 1xx at all (it would not understand one)."""
+    reply = Reply(200, b"final", headers=[("Set-Cookie", "s=1")], interim=[
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+        b"Link: </app.js>; rel=preload; as=script\r\nConnection: X-Hop\r\nX-Hop: 1\r\n"
+        b"Keep-Alive: timeout=9\r\n\r\n"])
+    be, fg = _setup(env, reply, protocol={"arrResponseHeader": True},
+                    affinity={"useCookie": True})
+    r, _ = _get(fg)
+    assert r.status == 200 and r.body == b"final", r.summary()
+    got = [(i.status, [(k.lower(), v) for k, v in i.headers]) for i in r.interim]
+    assert got == [(102, []), (103, [("link", "</style.css>; rel=preload; as=style"),
+                                     ("link", "</app.js>; rel=preload; as=script")])], \
+        "interim responses the client got: %r" % got
+    assert r.header("X-Powered-By") and r.header_all("Set-Cookie")[-1].startswith("ARRAffinity"), \
+        "farmgated's own fields belong to the final response: %s" % r.summary()
+    with RawClient(fg.port) as c:
+        c.request("GET", "/", host="web.local", version="HTTP/1.0")
+        r = c.read_response()
+    assert r.status == 200 and r.body == b"final" and not r.interim, \
+        "an HTTP/1.0 client must get the final response only: %s %r" % (r.summary(), r.interim)
+    assert len(be.requests) == 2
+
+
 def test_client_cannot_inject_arr_clientcert(env):
     be, fg = _setup(env)
     _get(fg, [("X-ARR-ClientCert", "Zm9yZ2VkIGNlcnQ="), ("X-Other", "kept")])
