@@ -236,6 +236,7 @@ struct system_cfg {
 
 struct config {
 	int refcnt;
+	unsigned char sha256[32]; /* of the text it was loaded from */
 	struct listener_cfg *listeners;
 	unsigned int nlisteners;
 	struct {

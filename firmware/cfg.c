@@ -13,6 +13,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "cfg.h"
 #include "json.h"
 #include "lb.h"
@@ -1902,6 +1904,11 @@ struct config *cfg_load_buf(const char *json, size_t len, char *err, size_t errl
 		return NULL;
 	}
 	cfg->refcnt = 1;
+	if (!EVP_Digest(json, len, cfg->sha256, NULL, EVP_sha256(), NULL)) {
+		free(cfg);
+		cfg_fail(&c, "out of memory");
+		return NULL;
+	}
 	cfg->limits.max_request_line = 8192;
 	cfg->limits.max_header_size = 16384;
 	cfg->limits.max_headers = 100;

@@ -922,7 +922,12 @@ static int handle(struct ctl_conn *c, const struct json_value *req)
 		return 1;
 	}
 	if (!strcmp(op, "status")) {
-		jb_lit(&c->out, "{\"ok\":true,\"farms\":[");
+		/* the digest of the file text running: farmgate-mgmt compares it
+		 * with the file's to find a save that was never applied */
+		jb_lit(&c->out, "{\"ok\":true,\"configSha256\":\"");
+		for (i = 0; i < sizeof(cfg->sha256); i++)
+			jb_fmt(&c->out, "%02x", cfg->sha256[i]);
+		jb_lit(&c->out, "\",\"farms\":[");
 		for (i = 0; i < cfg->nfarms; i++) {
 			if (f && f != &cfg->farms[i])
 				continue;

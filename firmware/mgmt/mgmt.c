@@ -37,6 +37,7 @@
 #include "key.h"
 #include "log.h"
 #include "mgmt.h"
+#include "mgmt_config.h"
 #include "p11.h"
 
 #define MAX_CONNS	32
@@ -783,6 +784,17 @@ static void usage(FILE *f)
 		"              without it they are not available\n");
 }
 
+/* The file, or NULL after saying why on stderr. */
+static struct config *load_config(void)
+{
+	char err[1024];
+	struct config *cfg = cfg_load_file(M.cfg_path, err, sizeof(err));
+
+	if (!cfg)
+		fprintf(stderr, "farmgate-mgmt: %s\n", err);
+	return cfg;
+}
+
 int main(int argc, char **argv)
 {
 	struct config *cfg;
@@ -823,15 +835,20 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	cfg = cfg_load_file(M.cfg_path, err, sizeof(err));
-	if (!cfg) {
-		fprintf(stderr, "farmgate-mgmt: %s\n", err);
+	cfg = load_config();
+	if (!cfg)
 		return 1;
-	}
 	log_configure(cfg->log.access, cfg->log.error, cfg->log.debug);
 	if (!M.control_socket)
 		M.control_socket =
 			cfg->control_socket ? strdup(cfg->control_socket) : CFG_CONTROL_SOCKET;
+	/* before serving: a save left unapplied is applied (or undone) first,
+	 * and what is served is the file as it then is */
+	config_reconcile();
+	cfg_put(cfg);
+	cfg = load_config();
+	if (!cfg)
+		return 1;
 	if (mkdir(M.data_dir, 0700) == -1 && errno != EEXIST) {
 		fprintf(stderr, "farmgate-mgmt: %s: %s\n", M.data_dir, strerror(errno));
 		return 1;

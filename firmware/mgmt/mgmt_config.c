@@ -13,8 +13,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "cfg.h"
 #include "json.h"
+#include "log.h"
 #include "mgmt.h"
 #include "mgmt_config.h"
 
@@ -326,6 +329,74 @@ out:
 	free(old);
 	free(old_prev);
 	return rc;
+}
+
+/* SHA-256 of text as lower-case hex (65 bytes with the NUL); 0 or -1. */
+static int sha256_hex(const char *text, size_t len, char out[65])
+{
+	unsigned char md[32];
+	unsigned int i;
+
+	if (!EVP_Digest(text, len, md, NULL, EVP_sha256(), NULL))
+		return -1;
+	for (i = 0; i < sizeof(md); i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	return 0;
+}
+
+/* The digest of the file text farmgated runs (its status), or -1 if it
+ * cannot say (not running yet: it will read the file itself). */
+static int running_sha256(char out[65])
+{
+	char e[256], *ans = control_call("{\"op\":\"status\"}", 10000, e, sizeof(e));
+	struct json_doc *d = ans ? json_parse(ans, strlen(ans), e, sizeof(e)) : NULL;
+	const struct json_value *v = d ? json_get(d->root, "configSha256") : NULL;
+	int rc = -1;
+
+	if (v && v->type == JSON_STRING && strlen(v->u.str.s) == 64) {
+		memcpy(out, v->u.str.s, 65);
+		rc = 0;
+	}
+	json_free(d);
+	free(ans);
+	return rc;
+}
+
+void config_reconcile(void)
+{
+	char run[65], file[65], prev_md[65], prev[1024], err[1024], e[512];
+	char *text = NULL, *old_prev = NULL;
+	size_t len = 0, prevlen = 0;
+
+	pthread_mutex_lock(&cfg_lock);
+	text = config_read(&len, e, sizeof(e));
+	if (!text || running_sha256(run) == -1 || sha256_hex(text, len, file) == -1 ||
+	    !strcmp(run, file))
+		goto out;
+	LOGW("%s is not the configuration farmgated runs (a save that was never applied?): "
+	     "applying it",
+	     M.cfg_path);
+	if (reload(err, sizeof(err)) == 0) {
+		LOGI("%s applied", M.cfg_path);
+		goto out;
+	}
+	/* refused, as the save would have been: if the previous generation is
+	 * what runs, it goes back, as the save would have put it back */
+	snprintf(prev, sizeof(prev), "%s.prev", M.cfg_path);
+	old_prev = slurp(prev, &prevlen);
+	if (old_prev && sha256_hex(old_prev, prevlen, prev_md) == 0 && !strcmp(prev_md, run) &&
+	    save_atomic(old_prev, prevlen, NULL, 0, e, sizeof(e)) == 0)
+		LOGE("farmgated refused %s (%s): the previous configuration, which it runs, is "
+		     "back",
+		     M.cfg_path, err);
+	else
+		LOGE("farmgated refused %s (%s); it keeps running another configuration, and would "
+		     "not start with this file",
+		     M.cfg_path, err);
+out:
+	pthread_mutex_unlock(&cfg_lock);
+	free(text);
+	free(old_prev);
 }
 
 int config_restore_previous(int *http_status, char *err, size_t errlen)

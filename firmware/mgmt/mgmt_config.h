@@ -34,6 +34,11 @@ void json_write(struct jbuf *b, const struct json_value *v, int depth, const str
  * (400 invalid, 409 refused by farmgated, 500 cannot write). */
 int config_apply(const char *text, size_t len, int *http_status, char *err, size_t errlen);
 
+/* At start: if the file is not what farmgated runs (farmgate-mgmt was killed
+ * between a save and its reload), applies it; if farmgated refuses it and
+ * <file>.prev is what runs, puts that back. Logs what it did. */
+void config_reconcile(void);
+
 /* Applies <file>.prev. */
 int config_restore_previous(int *http_status, char *err, size_t errlen);
 

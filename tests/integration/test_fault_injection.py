@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
 
@@ -231,7 +232,8 @@ def test_kill9_during_config_saves(env):
     """Rounds of: log in, send PUT /api/v1/config, SIGKILL farmgate-mgmt after a random delay
     spanning the save (calibrated on complete saves), check that the file is the old or the
     new configuration (never torn), that only the two fixed temporary names can be left, and
-    restart farmgate-mgmt on the same data directory."""
+    restart farmgate-mgmt on the same data directory, after which farmgated runs what the file
+    says (a save killed before its reload is applied then)."""
     a = env.backend(name="A")
     fg, m = start_stack(env, one_farm_config([a.port]))
     admin = m.setup()
@@ -262,9 +264,16 @@ def test_kill9_during_config_saves(env):
     strays = set()
     t_start = time.monotonic()
     w = 7
+    def file_weight():
+        return json.loads(_read(path))["webFarms"][0]["servers"][0]["weight"]
+
     for i in range(rounds):
         if i:
             m.start()
+            # a save the kill left unapplied is applied when farmgate-mgmt starts again
+            assert fg.server_status("web", a.port)["weight"] == file_weight(), \
+                "round %d: farmgated runs weight %s, the file says %s" % (
+                    i, fg.server_status("web", a.port)["weight"], file_weight())
             admin = m.login()
         old = _read(path)
         prev_before = _read(path + ".prev")
@@ -313,6 +322,58 @@ def test_kill9_during_config_saves(env):
     # (under ASan a round is slower than the kill's random delay: few land mid-save; the file
     # checks above still hold for every round)
     assert landed >= 1 or env.asan, "none of %d kills landed inside a save" % rounds
+
+
+def _write(path, data):
+    with open(path + ".new", "wb") as f:
+        f.write(data)
+    os.replace(path + ".new", path)
+
+
+def test_mgmt_start_applies_a_save_left_unapplied(env):
+    """The state a kill of farmgate-mgmt between a save's rename and its reload leaves: the
+    new file on disk, the old one as .prev, farmgated still running the old one. The next
+    farmgate-mgmt start applies the file; and when farmgated refuses it (here a listener on a
+    port already taken), puts .prev back, because that is what farmgated runs."""
+    a = env.backend(name="A")
+    fg, m = start_stack(env, one_farm_config([a.port]))
+    path = fg.config_path
+    m.stop()
+    old = _read(path)
+    conf = json.loads(old)
+    conf["webFarms"][0]["servers"][0]["weight"] = 42
+    _write(path + ".prev", old)
+    _write(path, json.dumps(conf, indent=2).encode())
+    assert fg.server_status("web", a.port)["weight"] != 42, "farmgated reloaded by itself"
+    m.start()
+    assert fg.server_status("web", a.port)["weight"] == 42, \
+        "farmgate-mgmt's start did not apply the unapplied save:\n" + m.log_text()[-2000:]
+    assert "is not the configuration farmgated runs" in m.log_text(), m.log_text()[-2000:]
+
+    # the same, with a file farmgated refuses at the reload (its loader accepts it)
+    m.stop()
+    running = _read(path)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    env.on_cleanup(taken.close)
+    conf = json.loads(running)
+    conf["webFarms"][0]["servers"][0]["weight"] = 43
+    conf["listeners"].append({"address": "127.0.0.1", "port": taken.getsockname()[1]})
+    refused = json.dumps(conf, indent=2).encode()
+    _write(env.path("refused.json"), refused)
+    p = env.cli("-t", "-c", env.path("refused.json"))
+    assert p.returncode == 0, "the loader must accept it (the refusal is the reload's): " + p.output
+    _write(path + ".prev", running)
+    _write(path, refused)
+    m.start()
+    assert _read(path) == running, \
+        "farmgated refused the file; the previous one, which it runs, must be back:\n" + \
+        m.log_text()[-2000:]
+    assert fg.server_status("web", a.port)["weight"] == 42
+    assert "the previous configuration, which it runs, is back" in m.log_text(), m.log_text()[-2000:]
+    fg.assert_alive()
+    m.assert_alive()
 
 
 def _wait_control(path, proc, timeout=10.0):
