@@ -2527,8 +2527,6 @@ static struct listener *listener_find(const struct listener_cfg *lc)
 	return NULL;
 }
 
-/* ---- public API ----------------------------------------------------------- */
-
 /* ---- memory after a burst ------------------------------------------------
  * Connection buffers come from malloc, and after a burst (an attack of slow
  * readers, a traffic peak) glibc keeps what was freed for reuse: RSS would
@@ -2561,6 +2559,8 @@ static void post_batch_check(struct ev_loop *loop)
 		 !trim_timer.deadline)
 		ev_timer_set(loop, &trim_timer, loop->now_ms + TRIM_DELAY_MS);
 }
+
+/* ---- public API ----------------------------------------------------------- */
 
 int proxy_start(struct ev_loop *loop, struct config *cfg, char *err, size_t errlen)
 {
