@@ -426,7 +426,7 @@
       b.setAttribute('data-state', state);
       return b;
     });
-    const cfg = h('small', { class: 'muted' });
+    const cfg = h('small', { class: 'muted', 'data-test': 'server-config' });
     const tr = h('tr', { 'data-test': 'server-' + farm + '-' + s.server },
       h('th', { scope: 'row', 'data-label': 'Server' }, h('div', {}, h('span', { class: 'sv', text: s.server }), cfg)),
       h('td', { 'data-label': 'State' }, st), h('td', { 'data-label': 'Health' }, h('div', {}, hl, reason)),
@@ -441,7 +441,9 @@
       hl.title = probeText(x.health);
       hl.setAttribute('aria-label', hl.textContent + '. ' + hl.title);
       reason.textContent = !ok && x.health ? [x.health.lastResult, x.health.lastReason].filter(Boolean).join(': ') : '';
-      cfg.textContent = 'weight ' + (x.weight === undefined ? '–' : x.weight) + (x.enabled === false ? ' · disabled in configuration' : '');
+      /* the server's name is address:httpPort (its identity); a farm reached over TLS uses httpsPort */
+      cfg.textContent = 'HTTP ' + x.httpPort + ' · HTTPS ' + x.httpsPort + ' · weight ' + (x.weight === undefined ? '–' : x.weight) +
+        (x.enabled === false ? ' · disabled in configuration' : '');
       setStats(cells, x.counters, by);
       for (const b of acts) {
         const cur = b.getAttribute('data-state') === x.state;

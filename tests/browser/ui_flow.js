@@ -434,6 +434,9 @@ async function flow(browser, base) {
     }
   }
   await until('both servers healthy', async () => (await health(0)) === 'true' && (await health(1)) === 'true');
+  const sc = await page.textContent(srv[0] + ' ' + dt('server-config'));
+  if (!sc.includes('HTTP ' + W.servers[0].httpPort + ' · HTTPS ' + (W.servers[0].httpsPort || 443) + ' · weight '))
+    fail('dashboard: server 1\'s ports and weight read "' + sc + '"');
   const fs0 = await page.getAttribute(dt('farm-' + W.name) + ' ' + dt('farm-state'), 'data-state');
   if (fs0 !== 'Online') fail('dashboard: farm ' + W.name + ' is ' + fs0);
   await page.evaluate(() => { window.__noReload = 1; });
