@@ -175,18 +175,23 @@ static void verify_release(struct verify *v)
 	ev_timer_set(H.loop, &v->fire, H.loop->now_ms); /* never from the caller's stack */
 }
 
+/* Frees the probe's buffers and drops its configuration reference. That
+ * reference can be the last one (a reload removed this server while its
+ * probe was in flight): freeing the configuration then drops rt, and rt
+ * frees this probe (health_probe_free, which comes back here). So p->cfg is
+ * cleared before cfg_put, and a caller must not touch p afterwards. */
 static void probe_release_buffers(struct probe *p)
 {
+	struct config *cfg = p->cfg;
+
 	free(p->head);
 	free(p->body);
 	p->head = p->body = NULL;
 	p->head_len = p->body_len = 0;
-	if (p->cfg) {
-		cfg_put(p->cfg);
-		p->cfg = NULL;
-	}
+	p->cfg = NULL;
 	p->farm = NULL;
 	p->srv = NULL;
+	cfg_put(cfg);
 }
 
 static void probe_finish(struct probe *p, int result, int status, const char *reason)
@@ -227,7 +232,6 @@ static void probe_finish(struct probe *p, int result, int status, const char *re
 		probe_want(p, EPOLLIN | EPOLLRDHUP);
 	}
 	p->in_flight = 0;
-	probe_release_buffers(p);
 	while (p->waiters) {
 		struct waiter *w = p->waiters;
 
@@ -236,6 +240,7 @@ static void probe_finish(struct probe *p, int result, int status, const char *re
 		free(w);
 	}
 	ev_timer_set(H.loop, &p->tmr, now + interval);
+	probe_release_buffers(p); /* last: it may free p */
 }
 
 static void probe_fail(struct probe *p, const char *reason)

@@ -11,8 +11,8 @@ import re
 import threading
 import time
 
-from harness import (free_port, http_request, make_config, one_farm_config, Reply,
-                     server, wait_for, ConnectionClosed, IncompleteResponse)
+from harness import (arr_lb_rule, farm, free_port, http_request, make_config, one_farm_config,
+                     Reply, server, wait_for, ConnectionClosed, IncompleteResponse)
 
 HOST = "web.local"
 INTERVAL = 1.0
@@ -398,6 +398,48 @@ def test_probe_request_host_alternates_and_keepalive(env):
     assert (fg.farm_status("web").get("healthCheck") or {}).get("url") == "http://health2.example.com/hc2"
     fg.assert_alive()
 
+
+def test_reload_removes_a_server_while_its_probe_is_in_flight(env):
+    """The old configuration's last reference can be the one an in-flight probe holds: a
+    reload that removes the server (then one that removes its whole farm) while its probe
+    waits for an answer. When the answer comes, the probe ends and drops that configuration,
+    which frees the server's state and with it the probe (a use-after-free until this was
+    fixed; ASan aborts on it). The daemon keeps serving and probes only what is configured."""
+    keep = env.backend(name="keep")
+    spare = env.backend(name="spare")
+    check = hc(url="http://web.local/hc", timeout="00:00:03")
+    web = farm("web", [server(keep.port)], healthCheck=check)
+    rules = [arr_lb_rule("web", HOST)]
+    fg = None
+    for what in ("server", "farm"):
+        gone = env.backend(name="gone-" + what)
+        gone.route("/hc", Reply(200, b"OK", delay=1.2))
+        before = make_config(farms=[web, farm("other", [server(gone.port)], healthCheck=check)], rules=rules)
+        if fg is None:
+            fg = env.farmgated(before)
+        else:
+            ok, line = fg.reload(before)
+            assert ok, line
+        n0 = len(gone.requests_to("/hc"))
+        wait_for(lambda: len(gone.requests_to("/hc")) > n0, 3 * INTERVAL + 3 * env.slow,
+                 msg="a probe of %s in flight" % gone.name)
+        t_sent = time.monotonic()
+        if what == "server":
+            after = make_config(farms=[web, farm("other", [server(spare.port)], healthCheck=check)], rules=rules)
+        else:
+            after = make_config(farms=[web], rules=rules)
+        ok, line = fg.reload(after)
+        assert ok, line
+        assert time.monotonic() - t_sent < 1.0, "the reload (%s removed) came too late to race the probe" % what
+        time.sleep(max(0.0, 1.2 - (time.monotonic() - t_sent)) + 0.5 * env.slow)  # the answer arrives
+        fg.assert_alive()
+        n_gone, n_keep = len(gone.requests_to("/hc")), len(keep.requests_to("/hc"))
+        time.sleep(2 * INTERVAL + 0.5)
+        fg.assert_alive()
+        assert len(gone.requests_to("/hc")) == n_gone, "the removed %s's server is still probed" % what
+        assert len(keep.requests_to("/hc")) > n_keep, "the remaining server is no longer probed (%s)" % what
+        r = get(fg, "/still")
+        assert r.status == 200, "after the %s left: %s" % (what, r)
 
 # --------------------------------------------------------------------------
 # 4. live traffic: failures mark a server unhealthy; only the URL test brings it back
