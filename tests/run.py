@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -238,7 +239,6 @@ def fuzz_test(binary, name, tid, tmpbase):
 
 
 def run_fuzz_suite(fuzz_build, flt, tmpbase):
-    from concurrent.futures import ThreadPoolExecutor
     shown = os.path.relpath(fuzz_build, ROOT)
     say("== fuzz (%s, %d s each, %d at a time) ==" % (fuzz_build if shown.startswith("..") else shown,
                                                       FUZZ_TIME, FUZZ_JOBS))
@@ -266,7 +266,9 @@ def run_fuzz_suite(fuzz_build, flt, tmpbase):
 # --------------------------------------------------------------------------
 
 def discover(flt):
-    """Returns ([(module, name, release_only)], [(module, error)])."""
+    """Returns ([(module, name, release_only, side_by_side)], [(module, error)]). A module
+    whose tests wait more than they compute (testssl) sets SIDE_BY_SIDE = N: its tests then run
+    N at a time, each in its own process and directory as always."""
     sys.path.insert(0, INTEG)
     tests, errors = [], []
     for fn in sorted(os.listdir(INTEG)):
@@ -282,11 +284,12 @@ def discover(flt):
         for name, obj in vars(m).items():
             if name.startswith("test_") and inspect.isfunction(obj) and obj.__module__ == mod:
                 fns.append((obj.__code__.co_firstlineno, name, bool(getattr(obj, "release_only", False))))
+        side_by_side = max(1, int(getattr(m, "SIDE_BY_SIDE", 1)))
         for _, name, ro in sorted(fns):
             tid = "%s.%s" % (mod, name)
             if flt and not re.search(flt, tid):
                 continue
-            tests.append((mod, name, ro))
+            tests.append((mod, name, ro, side_by_side))
     return tests, errors
 
 
@@ -431,31 +434,44 @@ def run_integration_suite(farmgated, build, asan, flt, tmpbase, keep):
     if not os.access(farmgated, os.X_OK):
         say("FAIL %s: %s does not exist (build it first)" % (label, farmgated))
         return passed, failed + 1
-    for mod, name, ro in tests:
-        if asan and ro:
-            continue
-        ok, dt, reason, details = run_one(mod, name, farmgated, build, asan, tmpbase)
-        tid = "%s.%s" % (mod, name)
+
+    def report(tid, ok, dt, reason, details):
         if ok:
-            passed += 1
             say("PASS %s (%.1fs)" % (tid, dt))
             if not keep:
                 shutil.rmtree(os.path.join(tmpbase, ("asan-" if asan else "") + tid), ignore_errors=True)
+            return
+        say("FAIL %s: %s" % (tid, reason))
+        lines = [l for l in (details or "").rstrip().splitlines()]
+        # the traceback's last lines, then the farmgated log tails
+        if "\n--- " in details:
+            tb, _, logs = details.partition("\n--- ")
+            tbl = tb.rstrip().splitlines()[-8:]
+            logl = ("--- " + logs).splitlines()[-16:]
+            lines = tbl + logl
         else:
-            failed += 1
-            say("FAIL %s: %s" % (tid, reason))
-            lines = [l for l in (details or "").rstrip().splitlines()]
-            # the traceback's last lines, then the farmgated log tails
-            if "\n--- " in details:
-                tb, _, logs = details.partition("\n--- ")
-                tbl = tb.rstrip().splitlines()[-8:]
-                logl = ("--- " + logs).splitlines()[-16:]
-                lines = tbl + logl
-            else:
-                lines = lines[-12:]
-            for l in lines:
-                say("    " + l[:400])
-            say("    (files kept in %s)" % os.path.join(tmpbase, ("asan-" if asan else "") + tid))
+            lines = lines[-12:]
+        for l in lines:
+            say("    " + l[:400])
+        say("    (files kept in %s)" % os.path.join(tmpbase, ("asan-" if asan else "") + tid))
+
+    # consecutive tests of one module run together when it allows more than one at a time
+    batches = []
+    for mod, name, ro, n in tests:
+        if asan and ro:
+            continue
+        if batches and batches[-1][0] == mod and n > 1:
+            batches[-1][2].append(name)
+        else:
+            batches.append((mod, n, [name]))
+    for mod, n, names in batches:
+        with ThreadPoolExecutor(max_workers=n) as ex:
+            futures = [ex.submit(run_one, mod, name, farmgated, build, asan, tmpbase) for name in names]
+            for name, fut in zip(names, futures):
+                ok, dt, reason, details = fut.result()
+                passed += bool(ok)
+                failed += not ok
+                report("%s.%s" % (mod, name), ok, dt, reason, details)
     return passed, failed
 
 
