@@ -66,7 +66,7 @@ PLAYWRIGHT := $(NODE_DIR)/node_modules/playwright-core/package.json
 .DEFAULT_GOAL := all
 .SECONDARY:
 .PHONY: all help deps run test unit test-unit test-integration bench lint format clean distclean \
-	image qemu-image bench-image soak menuconfig olddefconfig savedefconfig defconfig config asan \
+	image qemu-image pc-image bench-image soak menuconfig olddefconfig savedefconfig defconfig config asan \
 	fuzz fuzz-build
 
 help:
@@ -78,6 +78,7 @@ help:
 	@echo '  make / make all       build farmgated into $(O)/ (out of tree; O=dir to change)'
 	@echo '  make image            the firmware image of the configured board into $(O)/images/'
 	@echo '                        (make qemu_x86_64_defconfig && make image; see board/*/readme.txt)'
+	@echo '                        pc_x86_64_defconfig: the generic kernel and PC drivers, for real machines'
 	@echo '  make asan             build farmgated and unit tests with ASan+UBSan into $(O)/asan/'
 	@echo '  make unit             build the cmocka unit tests'
 	@echo '  make test-unit        run the unit tests only'
@@ -228,13 +229,20 @@ image: all
 	$(Q)[ "$(BOARD)" != host ] || { echo "make image: the host board has no image: make qemu_x86_64_defconfig first"; exit 1; }
 	$(Q)$(PY) tools/mkimage.py --build $(O) --board board/$(BOARD) --version $(VERSION)
 
-# make run and make test build the qemu-x86_64 image in their own output
-# directory (its .config made once from the board's defconfig)
+# make run and make test build a board's image in an output directory of its
+# own, $(O)/<board> (its .config made once from the board's defconfig):
+# qemu-x86_64 (QEMU's virtio machine, the cloud kernel) and pc-x86_64 (the
+# same system with Debian's generic kernel and PC drivers: SATA, NVMe, USB
+# sticks, Intel and Realtek NICs)
 QEMU_O := $(O)/qemu-x86_64
+PC_O := $(O)/pc-x86_64
+board_image = $(Q)[ -f $(1)/.config ] || $(MAKE) --no-print-directory O=$(1) \
+		KCONFIG_CONFIG=$(abspath $(1))/.config $(2)_defconfig >/dev/null; \
+	$(MAKE) --no-print-directory O=$(1) KCONFIG_CONFIG=$(abspath $(1))/.config image
 qemu-image:
-	$(Q)[ -f $(QEMU_O)/.config ] || $(MAKE) --no-print-directory O=$(QEMU_O) \
-		KCONFIG_CONFIG=$(abspath $(QEMU_O))/.config qemu_x86_64_defconfig >/dev/null
-	$(Q)$(MAKE) --no-print-directory O=$(QEMU_O) KCONFIG_CONFIG=$(abspath $(QEMU_O))/.config image
+	$(call board_image,$(QEMU_O),qemu_x86_64)
+pc-image:
+	$(call board_image,$(PC_O),pc_x86_64)
 
 # ---- run and test -------------------------------------------------------
 # make run boots the image under QEMU; make run BOARD=host runs farmgated natively
@@ -250,7 +258,7 @@ endif
 test: deps
 	$(Q)$(MAKE) --no-print-directory all unit
 	$(Q)$(MAKE) --no-print-directory asan
-	$(Q)$(MAKE) --no-print-directory qemu-image
+	$(Q)$(MAKE) --no-print-directory qemu-image pc-image
 	$(Q)$(MAKE) --no-print-directory fuzz-build
 	$(Q)$(PY) tests/run.py --build $(O) --asan-build $(O)/asan --fuzz-build $(O)/fuzz
 
@@ -272,8 +280,9 @@ soak: deps all
 
 # the image's size and boot-to-serving times under QEMU (TCG)
 bench-image: deps all
-	$(Q)$(MAKE) --no-print-directory qemu-image
+	$(Q)$(MAKE) --no-print-directory qemu-image pc-image
 	$(Q)$(PY) tests/qemu_boottime.py --images $(QEMU_O)/images
+	$(Q)$(PY) tests/qemu_boottime.py --images $(PC_O)/images --board pc-x86_64
 
 # ---- fuzzing --------------------------------------------------------------
 # libFuzzer harnesses (tests/fuzz/): each fuzz_<name>.c with the project
@@ -336,7 +345,7 @@ lint: $(AUTOCONF)
 		--inline-suppr --std=c11 -D__CPPCHECK__ -D_GNU_SOURCE -DFG_VERSION='"lint"' -Ifirmware \
 		--include=$(AUTOCONF) --suppress=missingIncludeSystem -Ihsm firmware hsm tests/unit
 	$(Q)shellcheck -s sh -S warning -e SC1091,SC2034,SC2154,SC3040 -x \
-		$$(grep -rl '^#!/bin/sh' board) board/*/rootfs-overlay/usr/lib/farmgate/lib.sh
+		$$(grep -rl '^#!/bin/sh' board) $(sort $(realpath $(wildcard board/*/rootfs-overlay/usr/lib/farmgate/lib.sh)))
 	@echo "lint: clean"
 
 format:
@@ -344,7 +353,7 @@ format:
 
 clean:
 	$(Q)rm -rf $(O)/obj $(O)/asan $(O)/tests $(O)/farmgated $(O)/bench $(O)/image $(O)/images $(O)/fuzz \
-		$(filter-out $(QEMU_O)/dl,$(wildcard $(QEMU_O)/*))
+		$(foreach b,$(QEMU_O) $(PC_O),$(filter-out $(b)/dl,$(wildcard $(b)/*)))
 
 distclean:
 	$(Q)rm -rf $(O)

@@ -2,18 +2,20 @@
 # post-image.sh IMAGES_DIR: assembles the flashable disk image from bzImage
 # and rootfs.cpio.zst (Buildroot's BR2_ROOTFS_POST_IMAGE_SCRIPT).
 #
-#   farmgate-qemu-x86_64.img     GPT: partition 1 "fgboot", the EFI System
+#   farmgate-BOARD.img           GPT: partition 1 "fgboot", the EFI System
 #                                Partition (systemd-boot, the kernel, the
 #                                initramfs); the rest of the disk is left
 #                                free for the data partition the first boot
 #                                makes ("fgdata", ext4)
-#   farmgate-qemu-x86_64.img.xz  the same, compressed: xzcat ... | dd of=/dev/sdX
+#   farmgate-BOARD.img.xz        the same, compressed: xzcat ... | dd of=/dev/sdX
+#
+# (BOARD: qemu-x86_64, or pc-x86_64, whose board directory links here)
 set -eu
 I=$1
 ESP_MB=${CONFIG_IMAGE_ESP_SIZE_MB:-64}
 DISK_MB=${CONFIG_IMAGE_DISK_SIZE_MB:-256}
 CMDLINE=${CONFIG_IMAGE_CMDLINE:-console=ttyS0,115200 quiet}
-IMG=$I/farmgate-qemu-x86_64.img
+IMG=$I/farmgate-${CONFIG_BOARD:-qemu-x86_64}.img
 ESP=$I/esp.vfat
 SDBOOT=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
 [ -f "$SDBOOT" ] || { echo "post-image: $SDBOOT missing (make deps installs systemd-boot-efi)" >&2; exit 1; }

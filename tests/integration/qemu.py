@@ -28,17 +28,22 @@ import time
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 OVMF = "/usr/share/ovmf/OVMF.fd"
-IMAGE = "farmgate-qemu-x86_64.img"
 GUEST_HOST = "10.0.2.2"  # the host's loopback, seen from the guest
 
 
-def image_dir(build):
-    """The images of the qemu-x86_64 build that make test / make run made."""
-    d = os.environ.get("FARMGATE_IMAGES") or os.path.join(build, "qemu-x86_64", "images")
-    for n in ("bzImage", "rootfs.cpio.zst", IMAGE):
+def image_name(board="qemu-x86_64"):
+    return "farmgate-%s.img" % board
+
+
+def image_dir(build, board="qemu-x86_64"):
+    """The images of a board's build that make test / make run made ($(O)/<board>/images)."""
+    d = (os.environ.get("FARMGATE_IMAGES") if board == "qemu-x86_64" else None) or \
+        os.path.join(build, board, "images")
+    for n in ("bzImage", "rootfs.cpio.zst", image_name(board)):
         if not os.path.exists(os.path.join(d, n)):
-            raise AssertionError("%s is missing: make test builds the image (make O=%s/qemu-x86_64 "
-                                 "qemu_x86_64_defconfig image)" % (os.path.join(d, n), build))
+            raise AssertionError("%s is missing: make test builds the image (make O=%s/%s "
+                                 "%s_defconfig image)" % (os.path.join(d, n), build, board,
+                                                          board.replace("-", "_")))
     return d
 
 
@@ -52,16 +57,21 @@ def _free_port():
 
 class Appliance:
     def __init__(self, images, workdir, boot="direct", disk_mb=256, mem_mb=512, disk=None,
-                 serial_log=None, http_port=None, ui_port=None, forward=None):
+                 serial_log=None, http_port=None, ui_port=None, forward=None, board="qemu-x86_64",
+                 hardware="virtio"):
+        """hardware: "virtio" (QEMU's paravirtual disk, network and RNG) or "pc" (a q35
+        machine whose disk is a USB stick on an xHCI controller and whose network card is
+        an Intel e1000e, as on a real PC)."""
         self.images = images
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.boot = boot
+        self.hardware = hardware
         self.mem_mb = mem_mb
         self.disk = disk or os.path.join(workdir, "disk.img")
         if disk is None:
             if boot == "efi":
-                shutil.copyfile(os.path.join(images, IMAGE), self.disk)
+                shutil.copyfile(os.path.join(images, image_name(board)), self.disk)
                 # a bigger disk than the image, as on a USB stick: the backup GPT moves
                 os.truncate(self.disk, max(disk_mb << 20, os.path.getsize(self.disk)))
             else:
@@ -89,12 +99,19 @@ class Appliance:
              "-chardev", "socket,id=con,path=%s,server=on,wait=off,logfile=%s,logappend=on"
              % (self.sock_path, self.serial_log),
              "-serial", "chardev:con",
-             "-drive", "file=%s,if=virtio,format=raw,cache=writeback" % self.disk,
              "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:80,hostfwd=tcp:127.0.0.1:%d-:443%s"
              % (self.http_port, self.ui_port,
-                "".join(",hostfwd=tcp:127.0.0.1:%d-:%d" % (h, g) for g, h in self.forward.items())),
-             "-device", "virtio-net-pci,netdev=n0,romfile=",
-             "-device", "virtio-rng-pci"]
+                "".join(",hostfwd=tcp:127.0.0.1:%d-:%d" % (h, g) for g, h in self.forward.items()))]
+        if self.hardware == "pc":
+            a += ["-machine", "q35",
+                  "-drive", "if=none,id=stick,file=%s,format=raw,cache=writeback" % self.disk,
+                  "-device", "qemu-xhci,id=xhci",
+                  "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on",
+                  "-device", "e1000e,netdev=n0,romfile="]
+        else:
+            a += ["-drive", "file=%s,if=virtio,format=raw,cache=writeback" % self.disk,
+                  "-device", "virtio-net-pci,netdev=n0,romfile=",
+                  "-device", "virtio-rng-pci"]
         if self.boot == "efi":
             a += ["-bios", OVMF]
         else:

@@ -107,10 +107,30 @@ data_format() {
 		"/dev/$1" >/dev/null 2>&1
 }
 
+# boot_disk_wait: booted by UEFI from the flashable image, the disk that
+# holds the partition fgboot is there, but a USB stick or a slow controller
+# shows it seconds after its driver loaded (usb-storage waits a second
+# before it scans). Up to 20 s, then on without it (the data partition is
+# in RAM). A direct kernel boot has no boot partition and does not wait.
+boot_disk_wait() {
+	[ -d /sys/firmware/efi ] || return 0
+	i=0
+	until part_by_name "$FG_BOOTLABEL" >/dev/null; do
+		if [ $i -ge 200 ]; then
+			say "WARNING: booted by UEFI, but no partition \"$FG_BOOTLABEL\" appeared within 20 s"
+			return 1
+		fi
+		[ $i = 20 ] && say "waiting for the boot disk (partition \"$FG_BOOTLABEL\")"
+		usleep 100000
+		i=$((i + 1))
+	done
+}
+
 # data_mount: finds, creates on first boot, checks and mounts the data
 # partition on /data. Falls back to RAM (loudly) rather than format a
 # partition that holds something it cannot read.
 data_mount() {
+	boot_disk_wait
 	if part=$(part_by_name "$FG_DATALABEL"); then
 		wait_dev "$part"
 		if ! is_ext "$part" && zeroed "$part"; then
