@@ -5,10 +5,11 @@
 
 For each boot path (qemu-x86_64: direct kernel boot, and the flashable disk under OVMF and
 systemd-boot on a virtio disk; pc-x86_64: the flashable disk on a USB stick of a q35 machine
-with an e1000e network card) and each run: a fresh 1 GiB disk, QEMU started, the time until the proxy (port 80) and
-the web UI (port 443) both answer through the forwarded ports (first boot: the data
-partition, the token and the UI certificate are made), then `reboot` typed on the console
-and the time until both answer again. Writes a Markdown table (medians and every run).
+with an e1000e network card) and each run: a fresh 1 GiB disk, QEMU started, the time until
+the proxy (port 80) and the web UI (port 443) both answer through the forwarded ports (first
+boot: the data partition, the token and the UI certificate are made), then `reboot` typed on
+the console and the time until both answer again. Writes a Markdown table (medians and every
+run).
 """
 
 import argparse
@@ -32,10 +33,10 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     out = a.out or os.path.join(a.images, "boot-times.md")
-    IMAGE = image_name(a.board)
+    img = image_name(a.board)
     pc = a.board == "pc-x86_64"
     sizes = {n: os.path.getsize(os.path.join(a.images, n))
-             for n in ("bzImage", "rootfs.cpio.zst", IMAGE + ".xz")}
+             for n in ("bzImage", "rootfs.cpio.zst", img + ".xz")}
     rows = []
     work = tempfile.mkdtemp(prefix="fg-boottime-")
     try:
@@ -60,7 +61,7 @@ def main():
     text = ["# Farmgate image: size and boot times (%s, load %s)" % (
                 time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "%.2f" % os.getloadavg()[0]), "",
             "| | figure |", "|---|---|",
-            "| %s.xz | %.1f MB (%d bytes) |" % (IMAGE, sizes[IMAGE + ".xz"] / 1e6, sizes[IMAGE + ".xz"]),
+            "| %s.xz | %.1f MB (%d bytes) |" % (img, sizes[img + ".xz"] / 1e6, sizes[img + ".xz"]),
             "| bzImage / rootfs.cpio.zst | %.1f MB / %.1f MB |" % (sizes["bzImage"] / 1e6,
                                                                  sizes["rootfs.cpio.zst"] / 1e6)]
     names = {"direct": "direct kernel boot",

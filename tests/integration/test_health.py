@@ -443,6 +443,7 @@ def test_reload_removes_a_server_while_its_probe_is_in_flight(env):
         r = get(fg, "/still")
         assert r.status == 200, "after the %s left: %s" % (what, r)
 
+
 # --------------------------------------------------------------------------
 # 4. live traffic: failures mark a server unhealthy; only the URL test brings it back
 # --------------------------------------------------------------------------
